@@ -1,0 +1,622 @@
+"""Kubernetes through the official client: the operator's `Cluster` port.
+
+Every request runs in a worker thread with its own ``_request_timeout`` and reads the raw JSON
+body (the client's model classes are slow to build and unnecessary here). Waiting is done by
+list + watch from the list's resourceVersion, never by polling. API errors become
+``StepError("KubernetesApiError", ...)`` carrying the server's message and never a request or
+response body that could hold Secret data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import math
+import os
+import socket
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, Literal
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from snapgroup.api import API_VERSION, GROUP, VERSION
+from snapgroup.api.base import LabelSelector
+from snapgroup.api.snapshotgroup import KIND, PLURAL
+from snapgroup.ports import (
+    EventType,
+    PvcInfo,
+    SnapshotClassInfo,
+    SnapshotInfo,
+    StepError,
+    WorkloadInfo,
+)
+
+from .kube_watch import WatchStream
+
+SNAPSHOT_API_GROUP = "snapshot.storage.k8s.io"
+SNAPSHOT_API_VERSION = "v1"
+DEFAULT_SNAPSHOT_CLASS_ANNOTATION = "snapshot.storage.kubernetes.io/is-default-class"
+EVENT_SOURCE_COMPONENT = "snapgroup"
+REPORTING_CONTROLLER = "snapgroup.dev/operator"
+MAX_CONCURRENT_REQUESTS = 64
+"""Worker threads and pooled connections per client: every waiting watch holds one of each."""
+
+_MERGE_PATCH = "application/merge-patch+json"
+_EVENT_MESSAGE_LIMIT = 1024
+_LIST_PAGE = 500
+_HTTP_GONE = 410
+_WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+
+
+def load_api_client(
+    kubeconfig: str | None, *, pool_size: int = MAX_CONCURRENT_REQUESTS
+) -> client.ApiClient:
+    """An API client from a kubeconfig file, or in-cluster when kubeconfig is None.
+
+    Outside a pod and without a path, the usual ``$KUBECONFIG`` / ``~/.kube/config`` applies.
+    The connection pool is sized for concurrent watches (the client's default is 5 per CPU).
+    """
+    configuration = client.Configuration()
+    if kubeconfig is not None:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration, persist_config=False
+        )
+    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+    else:
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration, persist_config=False
+        )
+    configuration.connection_pool_maxsize = pool_size
+    return client.ApiClient(configuration=configuration)
+
+
+class KubeCluster:
+    """The `snapgroup.ports.Cluster` port, implemented with the official Kubernetes client.
+
+    ``requests`` counts the API requests sent, per verb (get, list, watch, create, patch,
+    delete), for the benchmark's requests-per-group figure.
+    """
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        *,
+        request_timeout: float = 10.0,
+        max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
+    ) -> None:
+        self._core = client.CoreV1Api(api_client)
+        self._apps = client.AppsV1Api(api_client)
+        self._storage = client.StorageV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
+        self._timeout = request_timeout
+        # A pool of our own: a watch blocks its thread for as long as it waits, and the loop's
+        # default pool (CPUs + 4 threads) would let a few waiting groups stall every other call.
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_concurrent_requests, thread_name_prefix="snapgroup-kube"
+        )
+        self.requests: Counter[str] = Counter()
+
+    def close(self) -> None:
+        """Release the worker threads; requests still running end at their own timeouts."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- claims, secrets, classes ---------------------------------------------------------
+
+    async def get_pvc(self, namespace: str, name: str) -> PvcInfo | None:
+        """The claim with its CSI driver (from the bound volume, else the StorageClass)."""
+        pvc = await self._call(
+            "get", f"read PersistentVolumeClaim {namespace}/{name}",
+            self._core.read_namespaced_persistent_volume_claim, name, namespace, allow={404},
+        )
+        return None if pvc is None else await self._pvc_info(pvc)
+
+    async def list_pvcs(self, namespace: str, selector: str) -> list[PvcInfo]:
+        """Claims matching a label selector; an empty selector matches none."""
+        if not selector:
+            return []
+        listing = await self._call(
+            "list", f"list PersistentVolumeClaims in {namespace} matching {selector!r}",
+            self._core.list_namespaced_persistent_volume_claim, namespace, label_selector=selector,
+        )
+        return list(await asyncio.gather(*(self._pvc_info(item) for item in _items(listing))))
+
+    async def _pvc_info(self, pvc: dict[str, Any]) -> PvcInfo:
+        spec = pvc.get("spec") or {}
+        storage_class = spec.get("storageClassName")
+        driver: str | None = None
+        if volume_name := spec.get("volumeName"):
+            volume = await self._call(
+                "get", f"read PersistentVolume {volume_name}",
+                self._core.read_persistent_volume, volume_name, allow={404},
+            )
+            driver = (((volume or {}).get("spec") or {}).get("csi") or {}).get("driver")
+        if driver is None and storage_class:
+            klass = await self._call(
+                "get", f"read StorageClass {storage_class}",
+                self._storage.read_storage_class, storage_class, allow={404},
+            )
+            driver = (klass or {}).get("provisioner")
+        return PvcInfo(
+            name=pvc["metadata"]["name"],
+            phase=(pvc.get("status") or {}).get("phase") or "Pending",
+            storage_class=storage_class,
+            driver=driver,
+        )
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's data, base64-decoded; None when it does not exist.
+
+        Keys whose value is not UTF-8 text (a keystore, say) are left out: no connection
+        setting is binary, and one such key must not make the others unusable.
+        """
+        secret = await self._call(
+            "get", f"read Secret {namespace}/{name}",
+            self._core.read_namespaced_secret, name, namespace, allow={404},
+        )
+        if secret is None:
+            return None
+        decoded: dict[str, str] = {}
+        for key, value in (secret.get("data") or {}).items():
+            with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+                decoded[key] = base64.b64decode(value).decode("utf-8")
+        return decoded
+
+    async def get_snapshot_class(self, name: str | None) -> SnapshotClassInfo | None:
+        """The named VolumeSnapshotClass, or the one annotated as default when name is None."""
+        if name is not None:
+            klass = await self._call(
+                "get", f"read VolumeSnapshotClass {name}",
+                self._custom.get_cluster_custom_object,
+                SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION, "volumesnapshotclasses", name,
+                allow={404},
+            )
+            return None if klass is None else SnapshotClassInfo(name=name, driver=klass["driver"])
+        listing = await self._call(
+            "list", "list VolumeSnapshotClasses",
+            self._custom.list_cluster_custom_object,
+            SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION, "volumesnapshotclasses",
+        )
+        defaults = sorted(
+            (item for item in _items(listing)
+             if _annotations(item).get(DEFAULT_SNAPSHOT_CLASS_ANNOTATION) == "true"),
+            key=lambda item: str(item["metadata"]["name"]),
+        )
+        if not defaults:
+            return None
+        # Several defaults is a cluster misconfiguration; the first by name keeps plans stable.
+        return SnapshotClassInfo(name=defaults[0]["metadata"]["name"], driver=defaults[0]["driver"])
+
+    # -- workloads -------------------------------------------------------------------------
+
+    async def get_workload(self, kind: str, namespace: str, name: str) -> WorkloadInfo | None:
+        """One Deployment or StatefulSet, or None when it does not exist."""
+        read = self._workload_calls(kind)["read"]
+        workload = await self._call(
+            "get", f"read {kind} {namespace}/{name}", read, name, namespace, allow={404}
+        )
+        return None if workload is None else _workload_info(kind, workload)
+
+    async def list_workloads(self, kind: str, namespace: str, selector: str) -> list[WorkloadInfo]:
+        """Deployments or StatefulSets matching a label selector; an empty selector matches none."""
+        calls = self._workload_calls(kind)
+        if not selector:
+            return []
+        listing = await self._call(
+            "list", f"list {kind}s in {namespace} matching {selector!r}",
+            calls["list"], namespace, label_selector=selector,
+        )
+        return [_workload_info(kind, item) for item in _items(listing)]
+
+    async def list_annotated_workloads(self, annotation: str) -> list[WorkloadInfo]:
+        """Every Deployment and StatefulSet, in all namespaces, carrying the annotation.
+
+        Annotations cannot be selected on by the API server, so everything is listed (in pages)
+        and filtered here.
+        """
+        found: list[WorkloadInfo] = []
+        for kind in _WORKLOAD_KINDS:
+            items = await self._list_pages(
+                f"list {kind}s in all namespaces", self._workload_calls(kind)["list_all"]
+            )
+            found.extend(
+                _workload_info(kind, item) for item in items if annotation in _annotations(item)
+            )
+        return found
+
+    async def scale(
+        self, kind: str, namespace: str, name: str, replicas: int,
+        annotations: Mapping[str, str | None],
+    ) -> None:
+        """Set replicas and annotations (None removes one) in one merge patch.
+
+        One patch keeps the journal annotations and the replica count from ever disagreeing.
+        A workload that no longer exists raises StepError("WorkloadNotFound").
+        """
+        patch = {"metadata": {"annotations": dict(annotations)}, "spec": {"replicas": replicas}}
+        action = f"scale {kind} {namespace}/{name} to {replicas}"
+        done = await self._call(
+            "patch", action, self._workload_calls(kind)["patch"], name, namespace, patch,
+            _content_type=_MERGE_PATCH, allow={404},
+        )
+        if done is None:
+            raise StepError("WorkloadNotFound", f"{action}: the {kind} does not exist any more")
+
+    async def wait_pods_gone(self, namespace: str, selector: str, timeout: float) -> None:
+        """Return once no pod matching the selector exists, terminating ones included.
+
+        Lists, then watches from the list's resourceVersion, tracking pod names; raises
+        TimeoutError naming the remaining pods after timeout seconds.
+        """
+        _require_selector(selector, "wait for pods to be gone")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        present: set[str] = set()
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    listing = await self._call(
+                        "list", f"list pods in {namespace} matching {selector!r}",
+                        self._core.list_namespaced_pod, namespace, label_selector=selector,
+                    )
+                    present = {item["metadata"]["name"] for item in _items(listing)}
+                    if not present:
+                        return
+                    stream = self._watch(
+                        f"watch pods in {namespace} matching {selector!r}",
+                        self._core.list_namespaced_pod, namespace,
+                        label_selector=selector, resource_version=_version(listing),
+                        deadline=deadline,
+                    )
+                    async with stream:
+                        while (event := await self._next(stream)) is not None:
+                            name = event["object"]["metadata"]["name"]
+                            if event["type"] == "DELETED":
+                                present.discard(name)
+                            elif event["type"] in ("ADDED", "MODIFIED"):
+                                present.add(name)
+                            if not present:
+                                return
+                    # The server ended the watch early (or the history was compacted): start over.
+        except TimeoutError:
+            raise TimeoutError(
+                f"pods matching {selector!r} in {namespace} still exist after {timeout:.1f}s: "
+                + ", ".join(sorted(present))
+            ) from None
+
+    # -- volume snapshots ------------------------------------------------------------------
+
+    async def create_snapshot(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create a VolumeSnapshot; one that already exists by that name counts as created."""
+        name = (body.get("metadata") or {}).get("name", "")
+        await self._call(
+            "create", f"create VolumeSnapshot {namespace}/{name}",
+            self._custom.create_namespaced_custom_object,
+            SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION, namespace, "volumesnapshots", body,
+            allow={409},
+        )
+
+    async def delete_snapshot(self, namespace: str, name: str) -> None:
+        """Delete a VolumeSnapshot; a missing one counts as deleted."""
+        await self._call(
+            "delete", f"delete VolumeSnapshot {namespace}/{name}",
+            self._custom.delete_namespaced_custom_object,
+            SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION, namespace, "volumesnapshots", name,
+            allow={404},
+        )
+
+    async def list_snapshots(self, namespace: str, selector: str) -> list[SnapshotInfo]:
+        """VolumeSnapshots matching a label selector; an empty selector matches none."""
+        if not selector:
+            return []
+        listing = await self._list_snapshot_objects(namespace, selector)
+        return [_snapshot_info(item) for item in _items(listing)]
+
+    async def _list_snapshot_objects(self, namespace: str, selector: str) -> Any:
+        return await self._call(
+            "list", f"list VolumeSnapshots in {namespace} matching {selector!r}",
+            self._custom.list_namespaced_custom_object,
+            SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION, namespace, "volumesnapshots",
+            label_selector=selector,
+        )
+
+    async def wait_snapshots(
+        self, namespace: str, selector: str, names: set[str], until: Literal["cut", "ready"],
+        timeout: float,
+    ) -> dict[str, SnapshotInfo]:
+        """Watch the named snapshots until each is cut (has creationTime) or ready to use.
+
+        The snapshot controller retries failed snapshots, so an error in ``status.error`` is
+        only reported in the returned state; at the timeout, a pending snapshot with an error
+        raises StepError("SnapshotFailed") quoting the last error, otherwise TimeoutError.
+        """
+        _require_selector(selector, "wait for VolumeSnapshots")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        seen: dict[str, SnapshotInfo] = {}
+
+        def reached(name: str) -> bool:
+            info = seen.get(name)
+            if info is None:
+                return False
+            return info.ready_to_use if until == "ready" else info.creation_time is not None
+
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    listing = await self._list_snapshot_objects(namespace, selector)
+                    seen = {
+                        info.name: info
+                        for info in map(_snapshot_info, _items(listing)) if info.name in names
+                    }
+                    if all(map(reached, names)):
+                        return {name: seen[name] for name in names}
+                    stream = self._watch(
+                        f"watch VolumeSnapshots in {namespace} matching {selector!r}",
+                        self._custom.list_namespaced_custom_object,
+                        SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION, namespace, "volumesnapshots",
+                        label_selector=selector, resource_version=_version(listing),
+                        deadline=deadline,
+                    )
+                    async with stream:
+                        while (event := await self._next(stream)) is not None:
+                            if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+                                continue
+                            info = _snapshot_info(event["object"])
+                            if info.name not in names:
+                                continue
+                            if event["type"] == "DELETED":
+                                seen.pop(info.name, None)
+                            else:
+                                seen[info.name] = info
+                            if all(map(reached, names)):
+                                return {name: seen[name] for name in names}
+        except TimeoutError:
+            pending = sorted(name for name in names if not reached(name))
+            state = "ready to use" if until == "ready" else "cut (no creationTime)"
+            failures = [f"{name}: {seen[name].error}" for name in pending
+                        if name in seen and seen[name].error]
+            if failures:
+                raise StepError(
+                    "SnapshotFailed",
+                    f"VolumeSnapshots in {namespace} not {state} after {timeout:.1f}s; "
+                    f"last errors: {'; '.join(failures)}",
+                ) from None
+            missing = [name for name in pending if name not in seen]
+            raise TimeoutError(
+                f"VolumeSnapshots in {namespace} not {state} after {timeout:.1f}s: "
+                + ", ".join(pending)
+                + (f" (missing: {', '.join(missing)})" if missing else "")
+            ) from None
+
+    # -- the SnapshotGroup itself ----------------------------------------------------------
+
+    async def get_group(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The SnapshotGroup object as stored, or None when it does not exist."""
+        group = await self._call(
+            "get", f"read {KIND} {namespace}/{name}",
+            self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
+            allow={404},
+        )
+        return None if group is None else dict(group)
+
+    async def patch_group_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the SnapshotGroup's status subresource (lists in it are replaced whole).
+
+        A group that is gone raises StepError("SnapshotGroupNotFound"): a journal that cannot
+        be written must stop the step it was about to record.
+        """
+        action = f"write the status of {KIND} {namespace}/{name}"
+        done = await self._call(
+            "patch", action, self._custom.patch_namespaced_custom_object_status,
+            GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+            _content_type=_MERGE_PATCH, allow={404},
+        )
+        if done is None:
+            raise StepError(
+                "SnapshotGroupNotFound",
+                f"{action}: it does not exist (deleted, or the {KIND} CRD is not installed)",
+            )
+
+    async def emit_event(
+        self, namespace: str, name: str, uid: str, event_type: EventType, reason: str, message: str,
+    ) -> None:
+        """Record a core/v1 Event on the SnapshotGroup, as ``kubectl describe`` shows them."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION, "kind": KIND,
+                "namespace": namespace, "name": name, "uid": uid,
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:_EVENT_MESSAGE_LIMIT],
+            "source": {"component": EVENT_SOURCE_COMPONENT},
+            "reportingComponent": REPORTING_CONTROLLER,
+            "reportingInstance": _reporting_instance(),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self._call(
+            "create", f"record event {reason} on {KIND} {namespace}/{name}",
+            self._core.create_namespaced_event, namespace, event,
+        )
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _workload_calls(self, kind: str) -> dict[str, Callable[..., Any]]:
+        if kind == "Deployment":
+            return {
+                "read": self._apps.read_namespaced_deployment,
+                "list": self._apps.list_namespaced_deployment,
+                "list_all": self._apps.list_deployment_for_all_namespaces,
+                "patch": self._apps.patch_namespaced_deployment,
+            }
+        if kind == "StatefulSet":
+            return {
+                "read": self._apps.read_namespaced_stateful_set,
+                "list": self._apps.list_namespaced_stateful_set,
+                "list_all": self._apps.list_stateful_set_for_all_namespaces,
+                "patch": self._apps.patch_namespaced_stateful_set,
+            }
+        raise StepError(
+            "UnsupportedWorkloadKind", f"{kind} cannot be isolated; use Deployment or StatefulSet"
+        )
+
+    async def _call(
+        self, verb: str, action: str, method: Callable[..., Any], *args: Any,
+        allow: Collection[int] = (), **kwargs: Any,
+    ) -> Any:
+        """Send one request in a worker thread: the decoded JSON body, or None for an allowed
+        error status (404 read as "absent", 409 on create as "already there")."""
+        self.requests[verb] += 1
+        request = partial(_send, method, *args, _request_timeout=self._timeout, **kwargs)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, request)
+        except ApiException as exc:
+            if exc.status in allow:
+                return None
+            raise _api_error(action, exc) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise StepError(
+                "KubernetesApiError",
+                f"{action}: no answer from the API server within {self._timeout:g}s "
+                f"({type(exc).__name__})",
+            ) from exc
+
+    async def _list_pages(self, action: str, method: Callable[..., Any]) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = await self._call("list", action, method, limit=_LIST_PAGE, _continue=token)
+            items.extend(_items(page))
+            token = (page.get("metadata") or {}).get("continue") or None
+            if token is None:
+                return items
+
+    def _watch(
+        self, action: str, method: Callable[..., Any], *args: Any,
+        resource_version: str, deadline: float, **kwargs: Any,
+    ) -> _ActionWatch:
+        """A watch that the server itself ends by the deadline, with a read timeout just past it."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        server_timeout = max(1, math.ceil(remaining))
+        self.requests["watch"] += 1
+        open_request = partial(
+            method, *args, watch=True, resource_version=resource_version,
+            timeout_seconds=server_timeout, _preload_content=False,
+            _request_timeout=(self._timeout, server_timeout + self._timeout), **kwargs,
+        )
+        return _ActionWatch(action, open_request, self._executor)
+
+    async def _next(self, stream: _ActionWatch) -> dict[str, Any] | None:
+        """The next event, or None when the watch ended and the caller should list again."""
+        try:
+            return await stream.next_event()
+        except ApiException as exc:
+            if exc.status == _HTTP_GONE:
+                return None
+            raise _api_error(stream.action, exc) from exc
+        except urllib3.exceptions.HTTPError:
+            # A broken watch connection: listing again either recovers or reports the error.
+            return None
+
+
+class _ActionWatch(WatchStream):
+    """A watch stream that remembers what it is watching, for error messages."""
+
+    def __init__(
+        self, action: str, open_request: Callable[[], Any], executor: ThreadPoolExecutor
+    ) -> None:
+        super().__init__(open_request, executor)
+        self.action = action
+
+
+def _send(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Worker thread: one request, its JSON body decoded."""
+    response = method(*args, _preload_content=False, **kwargs)
+    try:
+        body = response.data
+    finally:
+        response.release_conn()
+    return json.loads(body) if body else {}
+
+
+def _api_error(action: str, exc: ApiException) -> StepError:
+    detail = str(exc.reason or "")
+    try:
+        status = json.loads(exc.body or "")
+    except ValueError:
+        status = None
+    if isinstance(status, dict) and status.get("message"):
+        detail = str(status["message"])
+    hint = " (the operator's RBAC role lacks this permission)" if exc.status == 403 else ""
+    return StepError(
+        "KubernetesApiError", f"{action} failed: HTTP {exc.status}: {detail[:500]}{hint}"
+    )
+
+
+def _require_selector(selector: str, what: str) -> None:
+    if not selector:
+        # An empty selector would match every object in the namespace.
+        raise StepError("EmptySelector", f"cannot {what} with an empty label selector")
+
+
+def _items(listing: Any) -> list[dict[str, Any]]:
+    return list((listing or {}).get("items") or [])
+
+
+def _version(listing: Any) -> str:
+    return str(((listing or {}).get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def _workload_info(kind: str, obj: dict[str, Any]) -> WorkloadInfo:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    selector = LabelSelector.model_validate(spec.get("selector") or {})
+    return WorkloadInfo(
+        kind=kind,
+        namespace=meta.get("namespace", ""),
+        name=meta["name"],
+        replicas=int(spec.get("replicas", 1)),  # the API's default when unset
+        selector=selector.as_query(),
+        annotations=_annotations(obj),
+        resource_version=meta.get("resourceVersion", ""),
+    )
+
+
+def _snapshot_info(obj: dict[str, Any]) -> SnapshotInfo:
+    status = obj.get("status") or {}
+    created = status.get("creationTime")
+    restore_size = status.get("restoreSize")
+    return SnapshotInfo(
+        name=obj["metadata"]["name"],
+        creation_time=datetime.fromisoformat(created) if created else None,
+        ready_to_use=bool(status.get("readyToUse")),
+        restore_size=None if restore_size is None else str(restore_size),
+        error=(status.get("error") or {}).get("message"),
+    )
+
+
+def _reporting_instance() -> str:
+    # In a pod HOSTNAME is the pod's name, which tells replicas and restarts apart.
+    return (os.environ.get("HOSTNAME") or socket.gethostname())[:128]

@@ -1,0 +1,361 @@
+"""SnapshotGroup: one application-consistent snapshot of several services, taken once."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, JsonValue, model_validator
+
+from snapgroup.api.base import (
+    ApiModel,
+    Condition,
+    DnsLabel,
+    Duration,
+    LabelSelector,
+    ObjectName,
+    SecretRef,
+    parse_duration,
+)
+
+KIND = "SnapshotGroup"
+PLURAL = "snapshotgroups"
+
+ServiceType = Literal["postgresql", "mongodb", "minio"]
+WorkloadKind = Literal["Deployment", "StatefulSet"]
+
+
+class WriterTarget(ApiModel):
+    """An application workload that writes to the services.
+
+    Before the cut it is scaled to zero and the operator waits until none of its pods exists
+    (a terminating pod still writes); afterwards it is scaled back to its original replicas.
+    """
+
+    kind: WorkloadKind = "Deployment"
+    """Kind of the workload: Deployment or StatefulSet."""
+    name: ObjectName | None = None
+    """Name of one workload. Exactly one of name and selector is set."""
+    selector: LabelSelector | None = None
+    """Labels of the workloads to isolate. Exactly one of name and selector is set."""
+
+    @model_validator(mode="after")
+    def _name_or_selector(self) -> WriterTarget:
+        if (self.name is None) == (self.selector is None):
+            raise ValueError("set exactly one of name and selector")
+        return self
+
+    def describe(self) -> str:
+        """Human-readable target, e.g. ``Deployment/data-writer``."""
+        if self.name is not None:
+            return f"{self.kind}/{self.name}"
+        assert self.selector is not None
+        return f"{self.kind}[{self.selector.as_query()}]"
+
+
+class Connection(ApiModel):
+    """Where the credentials and address of a service are kept."""
+
+    secret_ref: SecretRef
+    """A Secret with either a `uri` key, or `host`, `port`, `username`, `password` (and for
+    PostgreSQL `database`; for MinIO `endpoint`, `accessKey`, `secretKey`)."""
+    timeout: Duration = "5s"
+    """Timeout of each call to the service (connect, quiesce, resume, query)."""
+
+
+class LastRecord(ApiModel):
+    """Where a service keeps its newest record, so the cut can be checked against it.
+
+    PostgreSQL: `table` and `column` (a timestamp column), or `query` returning one timestamp.
+    MongoDB: `database`, `collection` and `field` (a date field).
+    MinIO: `bucket` and optional `prefix` (the newest object's LastModified).
+    """
+
+    table: str | None = None
+    """PostgreSQL: table holding the records (may be schema-qualified)."""
+    column: str | None = None
+    """PostgreSQL: timestamp column of that table."""
+    query: str | None = None
+    """PostgreSQL: a read-only query returning the newest record time as one value."""
+    database: str | None = None
+    """MongoDB: database name."""
+    collection: str | None = None
+    """MongoDB: collection name."""
+    field: str | None = None
+    """MongoDB: date field of the documents."""
+    bucket: str | None = None
+    """MinIO: bucket name."""
+    prefix: str | None = None
+    """MinIO: object key prefix; empty means the whole bucket."""
+
+
+LAST_RECORD_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    # Each type accepts any one of these field sets.
+    "postgresql": (("table", "column"), ("query",)),
+    "mongodb": (("database", "collection", "field"),),
+    "minio": (("bucket",),),
+}
+
+
+def _last_record_rule(service_type: str) -> JsonValue:
+    alternatives = " || ".join(
+        "(" + " && ".join(f"has(self.lastRecord.{f})" for f in fields) + ")"
+        for fields in LAST_RECORD_FIELDS[service_type]
+    )
+    wanted = ", or ".join(" and ".join(fields) for fields in LAST_RECORD_FIELDS[service_type])
+    return {
+        "rule": f"self.type != '{service_type}' || !has(self.lastRecord) || {alternatives}",
+        "message": f"lastRecord of a {service_type} service needs {wanted}",
+    }
+
+
+class ServiceTarget(ApiModel):
+    """A stateful service: its volumes are snapshotted and its type brings a quiesce hook pair."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.pvcs) != has(self.pvcSelector)",
+                 "message": "set exactly one of pvcs and pvcSelector"},
+                *[_last_record_rule(t) for t in LAST_RECORD_FIELDS],
+            ]
+        }
+    )
+
+    name: DnsLabel
+    """Name of the service within the group; names the snapshots and the status entry."""
+    type: ServiceType
+    """postgresql (pg_backup_start/stop), mongodb (fsync lock/unlock) or minio (no quiesce)."""
+    pvcs: list[ObjectName] | None = Field(default=None, min_length=1)
+    """PersistentVolumeClaims to snapshot. Exactly one of pvcs and pvcSelector is set."""
+    pvc_selector: LabelSelector | None = None
+    """Labels of the PersistentVolumeClaims to snapshot. Exactly one of pvcs and pvcSelector is set."""
+    connection: Connection
+    """How to reach the service."""
+    last_record: LastRecord | None = None
+    """Where the newest record is kept; without it the newest record time is not checked."""
+
+    @model_validator(mode="after")
+    def _pvcs_or_selector(self) -> ServiceTarget:
+        if (self.pvcs is None) == (self.pvc_selector is None):
+            raise ValueError("set exactly one of pvcs and pvcSelector")
+        if self.last_record is not None:
+            given = self.last_record.model_dump(exclude_none=True)
+            options = LAST_RECORD_FIELDS[self.type]
+            if not any(all(f in given for f in fields) for fields in options):
+                wanted = ", or ".join(" and ".join(fields) for fields in options)
+                raise ValueError(f"lastRecord of a {self.type} service needs {wanted}")
+        return self
+
+
+class HookStep(ApiModel):
+    """An extra hook from the registry, run before (pre) or after (post) the built-in steps."""
+
+    name: DnsLabel
+    """Name of the step, unique within the group."""
+    type: str = Field(min_length=1)
+    """Registered hook type, e.g. `scale`."""
+    params: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """Parameters of the hook type (validated by the hook type's own model)."""
+    on_error: Literal["Fail", "Continue"] = "Fail"
+    """Fail stops the group (fail closed); Continue records the error and goes on."""
+    timeout: Duration = "30s"
+    """Longest time one run of the hook may take."""
+
+
+class Hooks(ApiModel):
+    """Extra hooks, in order."""
+
+    pre: list[HookStep] = Field(default_factory=list)
+    """Run after writers are isolated and services quiesced, before the cut."""
+    post: list[HookStep] = Field(default_factory=list)
+    """Run after the cut, before services resume."""
+
+
+class SnapshotGroupSpec(ApiModel):
+    """What to snapshot together. Immutable once the group is created."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf",
+                 "message": "spec is immutable once the group is created; create a new SnapshotGroup"},
+            ]
+        }
+    )
+
+    volume_snapshot_class_name: ObjectName | None = None
+    """VolumeSnapshotClass for every snapshot; the cluster's default class when empty."""
+    freeze_budget: Duration = "60s"
+    """Longest time writers may stay isolated and services quiesced; past it everything is thawed
+    at once and the group fails with FreezeBudgetExceeded."""
+    writers: list[WriterTarget] = Field(default_factory=list)
+    """Application workloads to isolate during the cut."""
+    services: list[ServiceTarget] = Field(min_length=1)
+    """Services to quiesce and snapshot."""
+    hooks: Hooks = Field(default_factory=Hooks)
+    """Extra hooks from the registry."""
+    snapshot_deletion_policy: Literal["Delete", "Retain"] = "Delete"
+    """Delete: the VolumeSnapshots go with the group. Retain: they are kept when the group is deleted."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SnapshotGroupSpec:
+        names = [s.name for s in self.services]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"services: names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def freeze_budget_delta(self) -> timedelta:
+        """The freeze budget as a timedelta."""
+        return parse_duration(self.freeze_budget)
+
+
+class Phase(StrEnum):
+    """Summary of where the group is; conditions carry the detail."""
+
+    PENDING = "Pending"
+    QUIESCING = "Quiescing"
+    SNAPSHOTTING = "Snapshotting"
+    RESUMING = "Resuming"
+    FINALIZING = "Finalizing"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the group will never act again."""
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class FreezeWindow(ApiModel):
+    """From the first writer isolated (or service quiesced) to the last one resumed."""
+
+    start: datetime | None = None
+    """When the first isolation or quiesce step began."""
+    end: datetime | None = None
+    """When the last resume step finished."""
+    seconds: float | None = None
+    """Length of the window."""
+
+
+class VolumeSnapshotStatus(ApiModel):
+    """One VolumeSnapshot of the group."""
+
+    name: str
+    """Name of the VolumeSnapshot (in the group's namespace)."""
+    pvc: str
+    """The PersistentVolumeClaim it captures."""
+    creation_time: datetime | None = None
+    """The moment of the cut, as reported by the CSI driver."""
+    ready_to_use: bool | None = None
+    """True once the snapshot can be restored."""
+    restore_size: str | None = None
+    """Minimum size of a volume restored from it."""
+    error: str | None = None
+    """Last error reported for it."""
+
+
+class ServiceStatus(ApiModel):
+    """What was captured of one service."""
+
+    name: str
+    """Service name from the spec."""
+    type: ServiceType
+    """Service type."""
+    volume_snapshots: list[VolumeSnapshotStatus] = Field(default_factory=list)
+    """One entry per PVC."""
+    last_record_time: datetime | None = None
+    """Newest record timestamp read while frozen, i.e. the newest record the snapshots hold."""
+    evidence: dict[str, str] = Field(default_factory=dict)
+    """Type-specific proof of quiesce: backup start/stop LSN, fsync lock counts, ..."""
+
+
+class WriterStatus(ApiModel):
+    """One isolated workload."""
+
+    kind: WorkloadKind
+    """Deployment or StatefulSet."""
+    name: str
+    """Workload name."""
+    original_replicas: int
+    """Replicas before isolation; restored afterwards."""
+    isolated_at: datetime | None = None
+    """When its last pod was gone."""
+    restored_at: datetime | None = None
+    """When its replicas were set back."""
+    note: str | None = None
+    """Anything unusual, e.g. replicas changed by someone else while isolated."""
+
+
+class HookState(StrEnum):
+    """Journal state of one hook run; written before and after each side effect."""
+
+    PLANNED = "Planned"
+    APPLYING = "Applying"
+    APPLIED = "Applied"
+    UNDOING = "Undoing"
+    UNDONE = "Undone"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+
+class HookStatus(ApiModel):
+    """One hook run, doubling as the write-ahead journal entry for its side effect."""
+
+    name: str
+    """Key of the hook, e.g. `writer:Deployment/data-writer` or `service:postgres`."""
+    type: str
+    """Registered hook type."""
+    stage: Literal["Pre", "Post"]
+    """Pre: isolate/quiesce; Post: its undo."""
+    state: HookState
+    """Where the hook is; Applying or Undoing after a crash means the side effect may have happened."""
+    started_at: datetime | None = None
+    """When the step started."""
+    finished_at: datetime | None = None
+    """When it finished."""
+    message: str | None = None
+    """Outcome in words."""
+    undo: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """What the undo step needs (e.g. original replicas, lock count before), written before acting."""
+
+
+class SnapshotGroupStatus(ApiModel):
+    """The contract with users and checkers: what happened, and the proof of consistency."""
+
+    observed_generation: int | None = None
+    """The spec generation this status describes."""
+    phase: Phase = Phase.PENDING
+    """Pending, Quiescing, Snapshotting, Resuming, Finalizing, Succeeded or Failed."""
+    message: str | None = None
+    """Latest news in one sentence."""
+    start_time: datetime | None = None
+    """When the operator started on the group."""
+    completion_time: datetime | None = None
+    """When the group reached Succeeded or Failed."""
+    freeze: FreezeWindow | None = None
+    """The freeze window."""
+    earliest_snapshot_time: datetime | None = None
+    """The earliest creationTime of the group's snapshots: no record may be newer."""
+    snapshots_ready: str | None = None
+    """Ready snapshots out of all, e.g. 3/3."""
+    consistent: bool | None = None
+    """Mirror of the Consistent condition for printer columns."""
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Succeeded, Quiesced, SnapshotsCut, SnapshotsReady, Consistent (and Waiting when queued)."""
+    services: list[ServiceStatus] = Field(default_factory=list)
+    """Per service: snapshots, newest record time, evidence."""
+    writers: list[WriterStatus] = Field(default_factory=list)
+    """Per isolated workload: original replicas and times."""
+    hooks: list[HookStatus] = Field(default_factory=list)
+    """Every hook run in order; the write-ahead journal."""

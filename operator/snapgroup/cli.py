@@ -1,0 +1,359 @@
+"""The `snapgroup` command: run the operator, write CRDs, plan a group dry, verify a group."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from snapgroup.api.crd import check_crds, write_crds
+from snapgroup.api.snapshotgroup import KIND, SnapshotGroupSpec, SnapshotGroupStatus
+from snapgroup.hooks.registry import HookContext
+from snapgroup.orchestration.plan import Plan, make_plan
+from snapgroup.orchestration.verification import verify
+from snapgroup.ports import PlanError
+from snapgroup.runtime import Runtime
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain left-aligned text table, like kubectl's."""
+    cells = [[str(h).upper() for h in headers], *[[_cell(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the operator until interrupted."""
+    import kopf
+
+    from snapgroup import handlers, metrics
+
+    assert handlers  # registers the kopf handlers
+    logging.basicConfig(
+        level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    memo = kopf.Memo(runtime=Runtime.from_environment(args.kubeconfig))
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        liveness_endpoint=args.liveness,
+        memo=memo,
+    )
+    return EXIT_OK
+
+
+# -- crd ---------------------------------------------------------------------------------------
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    """Write the CRDs, or check the committed ones against the models."""
+    directory = Path(args.directory)
+    if args.check:
+        stale = check_crds(directory)
+        for name in stale:
+            print(f"{directory / name}: differs from the models; run `make crds`", file=sys.stderr)
+        return EXIT_FAILED if stale else EXIT_OK
+    for path in write_crds(directory):
+        print(path)
+    return EXIT_OK
+
+
+# -- plan --------------------------------------------------------------------------------------
+
+
+def _load_groups(path: str) -> list[dict[str, Any]]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return [d for d in yaml.safe_load_all(text) if isinstance(d, dict) and d.get("kind") == KIND]
+
+
+def _spec_problems(exc: ValidationError) -> list[PlanError]:
+    return [
+        PlanError("InvalidSpec", "spec." + ".".join(str(p) for p in err["loc"]), err["msg"])
+        for err in exc.errors()
+    ]
+
+
+async def _plan_one(runtime: Runtime, doc: dict[str, Any], namespace: str | None) -> dict[str, Any]:
+    meta = doc.get("metadata", {})
+    ns = meta.get("namespace") or namespace or "default"
+    result: dict[str, Any] = {
+        "name": meta.get("name"),
+        "namespace": ns,
+        "writers": [],
+        "volumes": [],
+        "hooks": [],
+        "problems": [],
+    }
+    try:
+        spec = SnapshotGroupSpec.model_validate(doc.get("spec", {}))
+    except ValidationError as exc:
+        result["problems"] = [_problem(p) for p in _spec_problems(exc)]
+        return result
+    ctx = HookContext(
+        namespace=ns,
+        group=str(meta.get("name", "dry-run")),
+        group_uid="dry-run",
+        cluster=runtime.cluster,
+        connectors=runtime.connectors,
+    )
+    plan = await make_plan(ctx, spec)
+    try:
+        result.update(_describe_plan(plan))
+    finally:
+        await plan.release()
+    return result
+
+
+def _problem(p: PlanError) -> dict[str, str]:
+    return {"reason": p.reason, "field": p.field_path, "message": p.message}
+
+
+def _describe_plan(plan: Plan) -> dict[str, Any]:
+    order = [("isolate", h.key) for h in plan.writers]
+    order += [("quiesce", s.hook.key) for s in plan.services]
+    order += [(f"{s.stage.lower()}-hook", h.key) for s in plan.steps for h in s.hooks]
+    order += [("cut", f"{len(plan.services)} service(s)")]
+    order += [("resume", key) for step, key in reversed(order) if step in ("isolate", "quiesce")]
+    return {
+        "snapshotClass": plan.snapshot_class,
+        "writers": [h.key.removeprefix("writer:") for h in plan.writers],
+        "volumes": [
+            {"service": s.target.name, "type": s.target.type, "pvc": p} for s in plan.services for p in s.pvcs
+        ],
+        "hooks": [{"step": step, "target": key} for step, key in order],
+        "problems": [_problem(p) for p in plan.problems],
+    }
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Dry-run groups from a file against the cluster; touch nothing."""
+    docs = _load_groups(args.filename)
+    if not docs:
+        print(f"{args.filename}: no {KIND} found", file=sys.stderr)
+        return EXIT_USAGE
+    runtime = Runtime.from_environment(args.kubeconfig)
+    try:
+        results = asyncio.run(_plan_all(runtime, docs, args.namespace))
+    finally:
+        runtime.close()
+    if args.output == "json":
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(_render_plan(r))
+    return EXIT_FAILED if any(r["problems"] for r in results) else EXIT_OK
+
+
+async def _plan_all(
+    runtime: Runtime, docs: list[dict[str, Any]], namespace: str | None
+) -> list[dict[str, Any]]:
+    return [await _plan_one(runtime, d, namespace) for d in docs]
+
+
+def _render_plan(r: dict[str, Any]) -> str:
+    lines = [f"{KIND} {r['namespace']}/{r['name']}"]
+    if r.get("snapshotClass"):
+        lines.append(f"VolumeSnapshotClass: {r['snapshotClass']}")
+    lines.append("Writers: " + (", ".join(r["writers"]) or "none"))
+    if r["volumes"]:
+        lines += [
+            "",
+            table(["service", "type", "pvc"], [[v["service"], v["type"], v["pvc"]] for v in r["volumes"]]),
+        ]
+    if r["hooks"]:
+        lines += [
+            "",
+            table(
+                ["#", "step", "target"], [[i + 1, h["step"], h["target"]] for i, h in enumerate(r["hooks"])]
+            ),
+        ]
+    if r["problems"]:
+        lines += [
+            "",
+            f"{len(r['problems'])} problem(s); nothing would be touched:",
+            table(
+                ["reason", "field", "message"],
+                [[p["reason"], p["field"], p["message"]] for p in r["problems"]],
+            ),
+        ]
+    else:
+        lines += ["", "No problems found. Nothing was changed."]
+    return "\n".join(lines) + "\n"
+
+
+# -- verify / status ---------------------------------------------------------------------------
+
+
+async def _read_status(runtime: Runtime, namespace: str, name: str) -> SnapshotGroupStatus | None:
+    group = await runtime.cluster.get_group(namespace, name)
+    if group is None:
+        return None
+    return SnapshotGroupStatus.model_validate(group.get("status") or {})
+
+
+def _fetch(args: argparse.Namespace) -> SnapshotGroupStatus | None:
+    runtime = Runtime.from_environment(args.kubeconfig)
+    try:
+        status = asyncio.run(_read_status(runtime, args.namespace, args.name))
+    finally:
+        runtime.close()
+    if status is None:
+        print(f"{KIND} {args.namespace}/{args.name} not found", file=sys.stderr)
+    return status
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check a group's status like an automated checker; exit non-zero when anything fails."""
+    status = _fetch(args)
+    if status is None:
+        return EXIT_USAGE
+    checks = verify(status)
+    failed = [c for c in checks if not c.passed]
+    if args.output == "json":
+        print(json.dumps({"passed": not failed, "checks": [c.__dict__ for c in checks]}, indent=2))
+    else:
+        print(
+            table(
+                ["subject", "check", "result", "detail"],
+                [[c.subject, c.check, "PASS" if c.passed else "FAIL", c.detail] for c in checks],
+            )
+        )
+        print()
+        print(
+            f"{args.namespace}/{args.name}: "
+            + (
+                "verified"
+                if not failed
+                else f"{len(failed)} check(s) failed: " + ", ".join(f"{c.subject} {c.check}" for c in failed)
+            )
+        )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print a group's status as tables."""
+    status = _fetch(args)
+    if status is None:
+        return EXIT_USAGE
+    if args.output == "json":
+        print(json.dumps(status.wire(), indent=2))
+        return EXIT_OK
+    print(render_status(f"{args.namespace}/{args.name}", status))
+    return EXIT_OK
+
+
+def render_status(title: str, status: SnapshotGroupStatus) -> str:
+    """The status as a person reads it: summary, snapshots, writers, hooks, conditions."""
+    freeze = status.freeze.seconds if status.freeze else None
+    lines = [
+        f"{KIND} {title}",
+        f"Phase: {status.phase.value}    Consistent: {_cell(status.consistent)}    "
+        f"Freeze: {_cell(freeze)}s    Snapshots ready: {_cell(status.snapshots_ready)}",
+        f"Earliest cut: {_cell(status.earliest_snapshot_time)}",
+        f"Message: {_cell(status.message)}",
+        "",
+        table(
+            ["service", "type", "volumesnapshot", "pvc", "creationTime", "ready", "lastRecordTime"],
+            [
+                [s.name, s.type, v.name, v.pvc, v.creation_time, v.ready_to_use, s.last_record_time]
+                for s in status.services
+                for v in s.volume_snapshots
+            ],
+        ),
+    ]
+    evidence = [[s.name, k, v] for s in status.services for k, v in sorted(s.evidence.items())]
+    if evidence:
+        lines += ["", table(["service", "evidence", "value"], evidence)]
+    if status.writers:
+        lines += [
+            "",
+            table(
+                ["writer", "original replicas", "isolated at", "restored at", "note"],
+                [
+                    [f"{w.kind}/{w.name}", w.original_replicas, w.isolated_at, w.restored_at, w.note]
+                    for w in status.writers
+                ],
+            ),
+        ]
+    lines += [
+        "",
+        table(
+            ["condition", "status", "reason", "message"],
+            [[c.type, c.status, c.reason, c.message] for c in status.conditions],
+        ),
+    ]
+    return "\n".join(lines)
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = argparse.ArgumentParser(prog="snapgroup", description=__doc__)
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, then in-cluster)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator")
+    run.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable)")
+    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="health endpoint URL")
+    run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(func=cmd_run)
+
+    crd = sub.add_parser("crd", help="write the CRDs from the models, or --check them")
+    crd.add_argument("--directory", "-d", default="crds")
+    crd.add_argument("--check", action="store_true", help="exit 1 when a committed CRD is stale")
+    crd.set_defaults(func=cmd_crd)
+
+    plan = sub.add_parser("plan", help="dry-run a SnapshotGroup file against the cluster")
+    plan.add_argument("-f", "--filename", required=True, help="YAML file with SnapshotGroups (- for stdin)")
+    plan.add_argument("--namespace", "-n", help="namespace when the file names none")
+    plan.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    plan.set_defaults(func=cmd_plan)
+
+    for name, func, text in (
+        ("verify", cmd_verify, "check a group like an automated checker"),
+        ("status", cmd_status, "show a group's status"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("name")
+        cmd.add_argument("--namespace", "-n", default="default")
+        cmd.add_argument("--output", "-o", choices=["table", "json"], default="table")
+        cmd.set_defaults(func=func)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

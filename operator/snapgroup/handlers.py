@@ -1,0 +1,71 @@
+"""kopf entry points. Every handler is a few lines: build the reference, delegate."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from snapgroup.api import GROUP, VERSION
+from snapgroup.api.labels import FINALIZER
+from snapgroup.api.snapshotgroup import PLURAL
+from snapgroup.hooks.builtin import BUILTIN_HOOK_TYPES
+from snapgroup.orchestration.groups import GroupRunner
+from snapgroup.orchestration.journal import GroupRef
+from snapgroup.runtime import Runtime
+
+log = logging.getLogger("snapgroup.handlers")
+assert BUILTIN_HOOK_TYPES  # imported for registration
+
+
+def _ref(body: kopf.Body) -> GroupRef:
+    meta = body["metadata"]
+    return GroupRef(meta["namespace"], meta["name"], meta["uid"], int(meta.get("generation", 1)))
+
+
+def _runner(memo: kopf.Memo) -> GroupRunner:
+    runtime: Runtime = memo["runtime"]
+    return runtime.runner
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Configure kopf, connect, and restore workloads left isolated by groups that are gone."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.posting.level = logging.WARNING  # our own Events carry the story; kopf adds errors only
+    runtime = memo.get("runtime") or Runtime.from_environment()
+    memo["runtime"] = runtime
+    restored = await runtime.restore_orphans()
+    for line in restored:
+        log.warning("restored at start-up: %s", line)
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    """Release clients."""
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        runtime.close()
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+async def group_created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A new group: run it."""
+    await _runner(memo).reconcile(_ref(body), dict(body.get("spec", {})), dict(body.get("status", {})))
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+async def group_resumed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A group seen at start-up: recover it if a run was interrupted."""
+    await _runner(memo).reconcile(_ref(body), dict(body.get("spec", {})), dict(body.get("status", {})))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def group_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A group being deleted: thaw whatever it holds before the finalizer goes."""
+    await _runner(memo).deleted(_ref(body), dict(body.get("status", {})))

@@ -1,0 +1,125 @@
+"""Hook type `mongodb`: fsync with lock before the cut, fsyncUnlock back to the previous count.
+
+MongoDB's fsync lock flushes data files and blocks writes. It is counted and belongs to the server,
+not to a connection: it survives the operator's client (and the operator), and each lock needs its
+own unlock. The undo therefore unlocks until the count is back where it was before our lock, which
+leaves a lock someone else held before the group alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from snapgroup.api.snapshotgroup import LastRecord, ServiceTarget
+from snapgroup.hooks.registry import HookContext, UndoRecord, register
+from snapgroup.hooks.services import BoundService, ServiceHookType, journal_int
+from snapgroup.ports import Connectors, MongoSession, StepError
+
+MAX_UNLOCKS = 16
+"""Upper bound on fsyncUnlock calls in one undo; more means someone keeps locking."""
+
+
+async def unlock_down_to(session: MongoSession, lock_count_before: int) -> tuple[int, int]:
+    """fsyncUnlock until the lock count is at most lock_count_before.
+
+    Returns (lock count now, unlocks done). A server that says it holds no lock counts as 0.
+    """
+    count: int | None = None
+    for done in range(MAX_UNLOCKS):
+        try:
+            count = await session.fsync_unlock()
+        except StepError as exc:
+            if exc.reason == "NotLocked":
+                return 0, done
+            raise
+        if count <= lock_count_before:
+            return count, done + 1
+    raise StepError(
+        "UnlockIncomplete",
+        f"after {MAX_UNLOCKS} fsyncUnlock calls the lock count is still {count}, above the "
+        f"{lock_count_before} held before the group; something else keeps locking the server",
+    )
+
+
+async def release_lock(session: MongoSession, record: UndoRecord) -> tuple[int | None, str]:
+    """Undo our fsync lock as the record describes; returns (lock count now, what was done).
+
+    Without a recorded count it is unknown whether our lock was taken; one unlock is then done
+    only if the server holds a lock.
+    """
+    before = journal_int(record, "lockCountBefore")
+    if before is None:
+        try:
+            count = await session.fsync_unlock()
+        except StepError as exc:
+            if exc.reason == "NotLocked":
+                return 0, "the server held no fsync lock; nothing to unlock"
+            raise
+        return count, f"the lock count was not recorded; unlocked once, lock count now {count}"
+    count, unlocks = await unlock_down_to(session, before)
+    if unlocks == 0:
+        return count, "the server held no fsync lock any more; nothing to unlock"
+    return count, f"unlocked {unlocks}x, lock count back to {count} (was {before} before the group)"
+
+
+class MongoLock(BoundService[MongoSession]):
+    """One MongoDB service: fsync-locked by apply, unlocked to the previous count by undo."""
+
+    def intent(self) -> UndoRecord:
+        """How to reconnect after a restart; the count is only known once locked."""
+        return self.connection_record()
+
+    async def apply(self) -> UndoRecord:
+        """Flush and lock; record the lock count before our lock."""
+        after = await self.session.fsync_lock()
+        self._evidence["lockCountBefore"] = str(after - 1)
+        self._evidence["lockCountAfterLock"] = str(after)
+        return {**self.connection_record(), "lockCountBefore": after - 1,
+                "lockCountAfterLock": after}
+
+    async def undo(self, record: UndoRecord) -> str:
+        """Unlock until the count is back to lockCountBefore."""
+        count, message = await release_lock(self.session, record)
+        if count is not None:
+            self._evidence["lockCountAfterUnlock"] = str(count)
+        return message
+
+    async def read_newest(self, last_record: LastRecord) -> datetime | None:
+        """The greatest date in lastRecord.field of the collection."""
+        assert last_record.database and last_record.collection and last_record.field
+        return await self.session.newest_record(
+            last_record.database, last_record.collection, last_record.field
+        )
+
+
+@register
+class MongodbHookType(ServiceHookType[MongoSession]):
+    """MongoDB: {fsync: 1, lock: true} before the cut, {fsyncUnlock: 1} after it."""
+
+    name = "mongodb"
+    secret_layouts = (("uri",), ("host",))
+
+    async def connect(
+        self, connectors: Connectors, secret: Mapping[str, str], timeout: float
+    ) -> MongoSession:
+        """A client; it connects on first use."""
+        return await connectors.mongo(secret, timeout)
+
+    async def bind(
+        self, ctx: HookContext, service: ServiceTarget, session: MongoSession, path: str
+    ) -> MongoLock:
+        """Ping: the server answers and takes the credentials."""
+        await session.ping()
+        return MongoLock(ctx, service, session)
+
+    async def recover(
+        self, ctx: HookContext, key: str, record: UndoRecord, side_effect_done: bool
+    ) -> str:
+        """Reconnect with the journaled Secret and unlock down to the recorded count."""
+        session = await self.reconnect(ctx, key, record)
+        try:
+            _, message = await release_lock(session, record)
+        finally:
+            await session.close()
+        return message

@@ -1,0 +1,195 @@
+"""What the service hook types (postgresql, mongodb, minio) share: reading the connection Secret,
+opening and testing a session at plan time, reconnecting after a restart, and the newest record.
+
+A type supplies how to connect, how to test a fresh session, and its bound hook; this module turns
+every failure into a PlanError that names the offending field of the spec.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from snapgroup.api.base import parse_duration
+from snapgroup.api.snapshotgroup import LastRecord, ServiceTarget
+from snapgroup.hooks.registry import BoundHook, HookContext, HookType, ServiceHook, UndoRecord
+from snapgroup.ports import Connectors, PlanError, StepError
+
+
+class Session(Protocol):
+    """Any service session: it can be closed."""
+
+    async def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+SessionT = TypeVar("SessionT", bound=Session)
+
+SecretKeys = tuple[tuple[str, ...], ...]
+"""Accepted Secret layouts: the Secret must hold every key of one of them; ``a|b`` is either key."""
+
+_SECRET_REASONS = frozenset({"SecretIncomplete", "SecretInvalid", "AuthenticationFailed",
+                             "PermissionDenied"})
+_LAST_RECORD_REASONS = frozenset({"LastRecordNotFound", "LastRecordInvalid"})
+
+
+def call_timeout(service: ServiceTarget) -> float:
+    """Seconds each call to the service may take (`connection.timeout`)."""
+    return parse_duration(service.connection.timeout).total_seconds()
+
+
+def plan_error(exc: StepError, path: str, secret_name: str) -> PlanError:
+    """The PlanError for a failed connection or session test, naming the field to fix."""
+    if exc.reason in _SECRET_REASONS:
+        return PlanError(
+            exc.reason, f"{path}.connection.secretRef.name", f"Secret {secret_name}: {exc.message}"
+        )
+    if exc.reason in _LAST_RECORD_REASONS:
+        return PlanError(exc.reason, f"{path}.lastRecord", exc.message)
+    return PlanError(exc.reason, f"{path}.connection", exc.message)
+
+
+def _spell_key(key: str) -> str:
+    first, *others = key.split("|")
+    return f"{first} (or {', '.join(others)})" if others else first
+
+
+def _spell_layouts(layouts: SecretKeys) -> str:
+    return ", or ".join(", ".join(_spell_key(key) for key in keys) for keys in layouts)
+
+
+async def read_secret(
+    ctx: HookContext, name: str, path: str, service_type: str, layouts: SecretKeys
+) -> dict[str, str]:
+    """The connection Secret's data; PlanError SecretNotFound or SecretIncomplete otherwise."""
+    field = f"{path}.connection.secretRef.name"
+    data = await ctx.cluster.get_secret(ctx.namespace, name)
+    if data is None:
+        raise PlanError(
+            "SecretNotFound", field,
+            f"Secret {name} does not exist in namespace {ctx.namespace}; create it with the "
+            f"connection details of the {service_type} service",
+        )
+    present = {k for k, v in data.items() if v}
+    gaps = [
+        (keys, [_spell_key(key) for key in keys if not present.intersection(key.split("|"))])
+        for keys in layouts
+    ]
+    if all(missing for _, missing in gaps):
+        # Name what is missing from the layout the Secret already comes closest to.
+        _, nearest = max(gaps, key=lambda gap: (len(gap[0]) - len(gap[1]), -len(gap[1])))
+        raise PlanError(
+            "SecretIncomplete", field,
+            f"Secret {name} lacks {', '.join(nearest)}; a {service_type} service needs "
+            f"{_spell_layouts(layouts)}",
+        )
+    return data
+
+
+class BoundService(ServiceHook, Generic[SessionT]):
+    """A service hook bound to one entry of spec.services, holding its open session."""
+
+    def __init__(self, ctx: HookContext, service: ServiceTarget, session: SessionT) -> None:
+        self.key = f"service:{service.name}"
+        self.type = service.type
+        self.ctx = ctx
+        self.service = service
+        self.session = session
+        self._evidence: dict[str, str] = {}
+        self._released = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.key}>"
+
+    def connection_record(self) -> UndoRecord:
+        """What a restarted operator needs to reconnect: the Secret's name and the timeout."""
+        return {
+            "secretRef": self.service.connection.secret_ref.name,
+            "timeout": call_timeout(self.service),
+        }
+
+    def evidence(self) -> dict[str, str]:
+        """Type-specific proof of quiesce gathered so far."""
+        return dict(self._evidence)
+
+    async def newest_record(self) -> datetime | None:
+        """Newest record per spec lastRecord; None when lastRecord is not configured."""
+        if self.service.last_record is None:
+            return None
+        return await self.read_newest(self.service.last_record)
+
+    @abstractmethod
+    async def read_newest(self, last_record: LastRecord) -> datetime | None:
+        """Read the newest record time the way this type stores records."""
+
+    async def release(self) -> None:
+        """Close the session; safe to call more than once."""
+        if not self._released:
+            self._released = True
+            await self.session.close()
+
+
+class ServiceHookType(HookType[ServiceTarget], Generic[SessionT]):
+    """A service type: plan reads the Secret, connects, tests the session and binds one hook."""
+
+    params_model: ClassVar[type[BaseModel]] = ServiceTarget
+    secret_layouts: ClassVar[SecretKeys]
+    """Secret keys the type accepts, checked at plan time before connecting."""
+
+    @abstractmethod
+    async def connect(
+        self, connectors: Connectors, secret: Mapping[str, str], timeout: float
+    ) -> SessionT:
+        """Open a session with the Secret's data; StepError on failure."""
+
+    @abstractmethod
+    async def bind(
+        self, ctx: HookContext, service: ServiceTarget, session: SessionT, path: str
+    ) -> BoundService[SessionT]:
+        """Test the fresh session (StepError or PlanError on failure) and bind the hook."""
+
+    async def plan(self, ctx: HookContext, params: ServiceTarget, path: str) -> list[BoundHook]:
+        """Read the Secret, connect and test the session; one bound hook holding the session."""
+        secret_name = params.connection.secret_ref.name
+        secret = await read_secret(ctx, secret_name, path, self.name, self.secret_layouts)
+        try:
+            session = await self.connect(ctx.connectors, secret, call_timeout(params))
+        except StepError as exc:
+            raise plan_error(exc, path, secret_name) from None
+        try:
+            return [await self.bind(ctx, params, session, path)]
+        except StepError as exc:
+            await session.close()
+            raise plan_error(exc, path, secret_name) from None
+        except BaseException:
+            await session.close()
+            raise
+
+    async def reconnect(self, ctx: HookContext, key: str, record: UndoRecord) -> SessionT:
+        """A fresh session from the journal's connection record, for recovery after a restart.
+
+        Raises StepError: the plan's checks no longer hold or the service cannot be reached.
+        """
+        name = record.get("secretRef")
+        timeout = record.get("timeout")
+        if not isinstance(name, str) or not isinstance(timeout, int | float):
+            raise StepError(
+                "RecordIncomplete",
+                f"{key}: the journal does not say which Secret to connect with",
+            )
+        try:
+            secret = await read_secret(ctx, name, key, self.name, self.secret_layouts)
+        except PlanError as exc:
+            raise StepError(exc.reason, exc.message) from None
+        return await self.connect(ctx.connectors, secret, float(timeout))
+
+
+def journal_int(record: Mapping[str, Any], key: str) -> int | None:
+    """An integer from an undo record (the journal round-trips through JSON), or None."""
+    value = record.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

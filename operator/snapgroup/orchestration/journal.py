@@ -1,0 +1,143 @@
+"""The group's status as a write-ahead journal: kept in memory, patched directly before and after
+every side effect (not through kopf's end-of-handler patch), with a Kubernetes Event per step."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from snapgroup import metrics
+from snapgroup.api.base import Condition, ConditionStatus
+from snapgroup.api.snapshotgroup import HookState, HookStatus, Phase, SnapshotGroupStatus
+from snapgroup.ports import Cluster, EventType
+
+log = logging.getLogger("snapgroup.journal")
+
+CONDITION_TYPES = ("Succeeded", "Quiesced", "SnapshotsCut", "SnapshotsReady", "Consistent")
+
+
+def now() -> datetime:
+    """Wall-clock time in UTC; the one clock the status uses."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class GroupRef:
+    """Identity of one SnapshotGroup."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+
+    @property
+    def qualified(self) -> str:
+        """``namespace/name/uid``, as written on isolated workloads."""
+        return f"{self.namespace}/{self.name}/{self.uid}"
+
+
+class GroupGone(Exception):
+    """The SnapshotGroup was deleted while the operator worked on it."""
+
+
+class Journal:
+    """Status of one group, in memory, with a direct patch per journal write."""
+
+    def __init__(self, cluster: Cluster, ref: GroupRef, status: SnapshotGroupStatus) -> None:
+        self.cluster = cluster
+        self.ref = ref
+        self.status = status
+        self._events: set[asyncio.Task[None]] = set()
+
+    async def flush(self) -> None:
+        """Persist the whole status now (a merge patch of the status subresource)."""
+        self.status.observed_generation = self.ref.generation
+        await self.cluster.patch_group_status(self.ref.namespace, self.ref.name, self.status.wire())
+
+    def condition(self, type_: str, status: ConditionStatus, reason: str, message: str = "") -> None:
+        """Set a condition; lastTransitionTime moves only when its status changes."""
+        for cond in self.status.conditions:
+            if cond.type == type_:
+                if cond.status != status:
+                    cond.last_transition_time = now()
+                cond.status, cond.reason, cond.message = status, reason, message
+                cond.observed_generation = self.ref.generation
+                return
+        self.status.conditions.append(
+            Condition(
+                type=type_, status=status, reason=reason, message=message,
+                last_transition_time=now(), observed_generation=self.ref.generation,
+            )
+        )
+
+    def condition_status(self, type_: str) -> ConditionStatus | None:
+        """Current status of a condition, if set."""
+        return next((c.status for c in self.status.conditions if c.type == type_), None)
+
+    def phase(self, phase: Phase, message: str) -> None:
+        """Move to a phase with a one-line message."""
+        self.status.phase = phase
+        self.status.message = message
+
+    def hook(self, key: str) -> HookStatus | None:
+        """Journal entry of a hook by key."""
+        return next((h for h in self.status.hooks if h.name == key), None)
+
+    def mark(
+        self, key: str, type_: str, stage: str, state: HookState,
+        message: str | None = None, undo: dict[str, Any] | None = None,
+    ) -> HookStatus:
+        """Create or move a journal entry (not yet persisted: call flush)."""
+        entry = self.hook(key)
+        if entry is None:
+            entry = HookStatus(name=key, type=type_, stage="Pre", state=state, started_at=now())
+            self.status.hooks.append(entry)
+        entry.stage = "Post" if stage == "Post" else "Pre"
+        if state in (HookState.APPLYING, HookState.UNDOING):
+            entry.started_at = now()
+            entry.finished_at = None
+        else:
+            entry.finished_at = now()
+        entry.state = state
+        if message is not None:
+            entry.message = message
+        if undo is not None:
+            entry.undo = undo
+        return entry
+
+    async def fail(self, reason: str, message: str) -> None:
+        """End the group as Failed with a reason, in the status and in an Event."""
+        self.condition("Succeeded", "False", reason, message)
+        for type_ in CONDITION_TYPES:
+            if self.condition_status(type_) == "Unknown":
+                self.condition(type_, "False", reason, "not reached")
+        self.phase(Phase.FAILED, f"{reason}: {message}")
+        metrics.GROUPS.labels("Failed", reason).inc()
+        self.status.completion_time = now()
+        await self.flush()
+        self.event("Warning", reason, message)
+        await self.drain_events()
+
+    def event(self, event_type: EventType, reason: str, message: str) -> None:
+        """Record an Event without holding up the caller (Events are not the journal)."""
+        log.info("%s/%s %s: %s", self.ref.namespace, self.ref.name, reason, message)
+        task = asyncio.create_task(self._emit(event_type, reason, message))
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    async def _emit(self, event_type: EventType, reason: str, message: str) -> None:
+        try:
+            await self.cluster.emit_event(
+                self.ref.namespace, self.ref.name, self.ref.uid, event_type, reason, message
+            )
+        except Exception as exc:  # an Event lost is a log line, never a failed group
+            log.warning("event %s for %s/%s not recorded: %s",
+                        reason, self.ref.namespace, self.ref.name, exc)
+
+    async def drain_events(self) -> None:
+        """Wait for Events still being sent."""
+        if self._events:
+            await asyncio.gather(*self._events, return_exceptions=True)

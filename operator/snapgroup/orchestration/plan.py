@@ -1,0 +1,211 @@
+"""Planning: resolve and check every target of a group without touching anything."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from snapgroup.api.snapshotgroup import HookStep, ServiceTarget, SnapshotGroupSpec
+from snapgroup.hooks.registry import BoundHook, HookContext, ServiceHook, lookup
+from snapgroup.ports import PlanError
+
+WRITER_HOOK_TYPE = "scale"
+
+
+@dataclass
+class PlannedService:
+    """A service with its resolved claims and its bound quiesce hook."""
+
+    target: ServiceTarget
+    pvcs: list[str]
+    hook: ServiceHook
+
+
+@dataclass
+class PlannedStep:
+    """A user hook from spec.hooks, bound to its targets."""
+
+    step: HookStep
+    stage: str
+    hooks: list[BoundHook]
+
+
+@dataclass
+class Plan:
+    """Everything the freeze window will touch, in order, or the problems that forbid it."""
+
+    snapshot_class: str | None = None
+    writers: list[BoundHook] = field(default_factory=list)
+    services: list[PlannedService] = field(default_factory=list)
+    steps: list[PlannedStep] = field(default_factory=list)
+    problems: list[PlanError] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing stands in the way."""
+        return not self.problems
+
+    def bound_hooks(self) -> list[BoundHook]:
+        """Every bound hook of the plan."""
+        hooks = [*self.writers, *(s.hook for s in self.services)]
+        return hooks + [h for s in self.steps for h in s.hooks]
+
+    async def release(self) -> None:
+        """Close every session the plan opened."""
+        await asyncio.gather(*(h.release() for h in self.bound_hooks()), return_exceptions=True)
+
+
+async def _bind(
+    ctx: HookContext, type_name: str, params: BaseModel | dict[str, Any], path: str, type_path: str
+) -> list[BoundHook]:
+    hook_type = lookup(type_name)
+    if hook_type is None:
+        raise PlanError("UnknownHookType", type_path, f"no hook type {type_name!r} is registered")
+    if isinstance(params, hook_type.params_model):
+        parsed: Any = params  # already validated as part of the spec
+    else:
+        raw = params.model_dump(by_alias=True, exclude_none=True) if isinstance(params, BaseModel) else params
+        try:
+            parsed = hook_type.parse(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise PlanError("InvalidHookParams", f"{path}.{where}" if where else path, first["msg"]) from exc
+    return await hook_type.plan(ctx, parsed, path)
+
+
+async def _resolve_pvcs(
+    ctx: HookContext, target: ServiceTarget, path: str, driver: str | None
+) -> list[str]:
+    problems: list[PlanError] = []
+    if target.pvcs is not None:
+        names = list(target.pvcs)
+        claims = await asyncio.gather(*(ctx.cluster.get_pvc(ctx.namespace, n) for n in names))
+        found = []
+        for i, (name, claim) in enumerate(zip(names, claims, strict=True)):
+            if claim is None:
+                problems.append(PlanError(
+                    "PVCNotFound", f"{path}.pvcs[{i}]",
+                    f"PersistentVolumeClaim {name!r} does not exist in namespace {ctx.namespace}"))
+            else:
+                found.append(claim)
+    else:
+        assert target.pvc_selector is not None
+        query = target.pvc_selector.as_query()
+        found = await ctx.cluster.list_pvcs(ctx.namespace, query) if query else []
+        if not found:
+            problems.append(PlanError(
+                "PVCNotFound", f"{path}.pvcSelector",
+                f"no PersistentVolumeClaim in {ctx.namespace} matches {query or 'an empty selector'}"))
+    for claim in found:
+        if claim.phase != "Bound":
+            problems.append(PlanError(
+                "PVCNotBound", f"{path}.pvcs",
+                f"PersistentVolumeClaim {claim.name!r} is {claim.phase}, not Bound"))
+        elif driver is not None and claim.driver != driver:
+            problems.append(PlanError(
+                "DriverMismatch", f"{path}.pvcs",
+                f"PersistentVolumeClaim {claim.name!r} is provisioned by {claim.driver}, "
+                f"but the VolumeSnapshotClass uses {driver}"))
+    if problems:
+        raise ExceptionGroup("pvc problems", problems)
+    return [c.name for c in found]
+
+
+async def make_plan(ctx: HookContext, spec: SnapshotGroupSpec) -> Plan:
+    """Check everything the group needs; collect every problem rather than stop at the first.
+
+    Nothing is changed: claims, Secrets, workloads and the snapshot class are read, database
+    sessions are opened and tested. On problems, the sessions already opened are released.
+    """
+    plan = Plan()
+    snapshot_class = await ctx.cluster.get_snapshot_class(spec.volume_snapshot_class_name)
+    driver: str | None = None
+    if snapshot_class is None:
+        wanted = spec.volume_snapshot_class_name
+        plan.problems.append(PlanError(
+            "VolumeSnapshotClassNotFound", "spec.volumeSnapshotClassName",
+            f"VolumeSnapshotClass {wanted!r} does not exist" if wanted
+            else "no VolumeSnapshotClass is marked as the cluster default; name one"))
+    else:
+        plan.snapshot_class, driver = snapshot_class.name, snapshot_class.driver
+
+    async def writer(i: int) -> list[BoundHook]:
+        return await _bind(ctx, WRITER_HOOK_TYPE, spec.writers[i], f"spec.writers[{i}]",
+                           f"spec.writers[{i}]")
+
+    async def service(i: int) -> PlannedService:
+        target, path = spec.services[i], f"spec.services[{i}]"
+        pvcs, hooks = await asyncio.gather(
+            _resolve_pvcs(ctx, target, path, driver),
+            _bind(ctx, target.type, target, path, f"{path}.type"),
+            return_exceptions=True,
+        )
+        failures = [r for r in (pvcs, hooks) if isinstance(r, Exception)]
+        if failures:
+            if isinstance(hooks, list):
+                await asyncio.gather(*(h.release() for h in hooks), return_exceptions=True)
+            raise ExceptionGroup("service problems", failures)
+        assert isinstance(pvcs, list) and isinstance(hooks, list)
+        hook = hooks[0]
+        assert isinstance(hook, ServiceHook)
+        return PlannedService(target=target, pvcs=pvcs, hook=hook)
+
+    async def step(stage: str, i: int, item: HookStep) -> PlannedStep:
+        path = f"spec.hooks.{stage.lower()}[{i}]"
+        hooks = await _bind(ctx, item.type, item.params, f"{path}.params", f"{path}.type")
+        return PlannedStep(step=item, stage=stage, hooks=hooks)
+
+    writers = asyncio.gather(*(writer(i) for i in range(len(spec.writers))),
+                             return_exceptions=True)
+    services = asyncio.gather(*(service(i) for i in range(len(spec.services))),
+                              return_exceptions=True)
+    steps = asyncio.gather(
+        *(step("Pre", i, s) for i, s in enumerate(spec.hooks.pre)),
+        *(step("Post", i, s) for i, s in enumerate(spec.hooks.post)),
+        return_exceptions=True,
+    )
+    for bound in await writers:
+        if isinstance(bound, BaseException):
+            plan.problems.extend(_problems(bound))
+        else:
+            plan.writers.extend(bound)
+    for planned in await services:
+        if isinstance(planned, BaseException):
+            plan.problems.extend(_problems(planned))
+        else:
+            plan.services.append(planned)
+    for step_result in await steps:
+        if isinstance(step_result, BaseException):
+            plan.problems.extend(_problems(step_result))
+        else:
+            plan.steps.append(step_result)
+    plan.problems.extend(_shared_claims(plan))
+    if plan.problems:
+        await plan.release()
+    return plan
+
+
+def _shared_claims(plan: Plan) -> list[PlanError]:
+    seen: dict[str, str] = {}
+    problems = []
+    for svc in plan.services:
+        for pvc in svc.pvcs:
+            if pvc in seen:
+                problems.append(PlanError(
+                    "PVCSharedByServices", "spec.services",
+                    f"PersistentVolumeClaim {pvc!r} belongs to both {seen[pvc]} and {svc.target.name}"))
+            seen[pvc] = svc.target.name
+    return problems
+
+
+def _problems(exc: BaseException) -> list[PlanError]:
+    """Flatten what planning raised into PlanErrors; anything else is a bug and propagates."""
+    if isinstance(exc, PlanError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        return [p for inner in exc.exceptions for p in _problems(inner)]
+    raise exc

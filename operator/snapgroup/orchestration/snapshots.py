@@ -1,0 +1,89 @@
+"""VolumeSnapshots of a group: deterministic names, manifests, and the consistency verdict."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from snapgroup.api import API_VERSION
+from snapgroup.api.base import ConditionStatus
+from snapgroup.api.labels import GROUP_LABEL, SERVICE_LABEL
+from snapgroup.api.snapshotgroup import KIND, ServiceStatus
+
+SNAPSHOT_API_VERSION = "snapshot.storage.k8s.io/v1"
+_MAX_NAME = 253
+
+
+def snapshot_name(group: str, service: str, pvc: str) -> str:
+    """Deterministic VolumeSnapshot name: ``<group>-<service>-<pvc>``, hashed down when too long."""
+    name = f"{group}-{service}-{pvc}"
+    if len(name) <= _MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{name[: _MAX_NAME - 11]}-{digest}"
+
+
+def group_selector(group: str) -> str:
+    """Label selector of every VolumeSnapshot a group created."""
+    return f"{GROUP_LABEL}={group}"
+
+
+def snapshot_manifest(
+    *, namespace: str, group: str, group_uid: str, service: str, pvc: str, snapshot_class: str
+) -> dict[str, Any]:
+    """The VolumeSnapshot for one claim, labelled and owned by its group."""
+    return {
+        "apiVersion": SNAPSHOT_API_VERSION,
+        "kind": "VolumeSnapshot",
+        "metadata": {
+            "name": snapshot_name(group, service, pvc),
+            "namespace": namespace,
+            "labels": {GROUP_LABEL: group, SERVICE_LABEL: service},
+            "ownerReferences": [{
+                "apiVersion": API_VERSION, "kind": KIND, "name": group, "uid": group_uid,
+                "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": {
+            "volumeSnapshotClassName": snapshot_class,
+            "source": {"persistentVolumeClaimName": pvc},
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether every service's newest record is not newer than the earliest cut."""
+
+    status: ConditionStatus
+    reason: str
+    message: str
+    newer: list[str]
+    """Services holding records newer than the earliest cut."""
+
+
+def consistency(services: list[ServiceStatus], earliest: datetime | None) -> Verdict:
+    """Judge the group: Consistent when every checked lastRecordTime <= earliest creationTime."""
+    if earliest is None:
+        return Verdict("Unknown", "NotCut", "no snapshot was cut", [])
+    checked = [s for s in services if s.last_record_time is not None]
+    newer = [s.name for s in checked if s.last_record_time is not None and s.last_record_time > earliest]
+    if newer:
+        detail = "; ".join(
+            f"{s.name} has a record at {s.last_record_time:%Y-%m-%dT%H:%M:%S.%fZ}"
+            for s in checked if s.name in newer
+        )
+        return Verdict(
+            "False", "RecordsNewerThanCut",
+            f"records newer than the earliest cut ({earliest:%Y-%m-%dT%H:%M:%S.%fZ}): {detail}; "
+            "a writer is probably missing from spec.writers", newer)
+    if not checked:
+        return Verdict("Unknown", "NoLastRecord",
+                       "no service has lastRecord configured, so nothing could be checked", [])
+    unchecked = [s.name for s in services if s.last_record_time is None]
+    note = f"; not checked (no lastRecord or empty): {', '.join(unchecked)}" if unchecked else ""
+    return Verdict(
+        "True", "AllRecordsBeforeCut",
+        f"every service's newest record is at or before the earliest cut{note}", [])

@@ -1,0 +1,49 @@
+"""Checking a finished group the way an automated checker would, from its status alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from snapgroup.api.snapshotgroup import Phase, SnapshotGroupStatus
+from snapgroup.orchestration.snapshots import consistency
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of a verification."""
+
+    subject: str
+    check: str
+    passed: bool
+    detail: str
+
+
+def verify(status: SnapshotGroupStatus) -> list[Check]:
+    """Every check a backup must pass: succeeded, cut, ready, consistent, writers restored."""
+    checks = [Check("group", "succeeded", status.phase == Phase.SUCCEEDED,
+                    status.message or status.phase.value)]
+    earliest = status.earliest_snapshot_time
+    for svc in status.services:
+        for snap in svc.volume_snapshots:
+            checks.append(Check(
+                f"{svc.name}/{snap.name}", "cut", snap.creation_time is not None,
+                f"creationTime {snap.creation_time:%Y-%m-%dT%H:%M:%S.%fZ}" if snap.creation_time
+                else (snap.error or "no creationTime")))
+            checks.append(Check(f"{svc.name}/{snap.name}", "readyToUse", bool(snap.ready_to_use),
+                                f"restoreSize {snap.restore_size}" if snap.ready_to_use
+                                else (snap.error or "not ready")))
+        if svc.last_record_time is None:
+            checks.append(Check(svc.name, "newest record <= earliest cut", True,
+                                "no record time recorded; not checked"))
+        else:
+            ok = earliest is not None and svc.last_record_time <= earliest
+            checks.append(Check(
+                svc.name, "newest record <= earliest cut", ok,
+                f"newest {svc.last_record_time:%Y-%m-%dT%H:%M:%S.%fZ}, earliest cut "
+                + (f"{earliest:%Y-%m-%dT%H:%M:%S.%fZ}" if earliest else "none")))
+    for writer in status.writers:
+        checks.append(Check(f"{writer.kind}/{writer.name}", "restored", writer.restored_at is not None,
+                            writer.note or f"back to {writer.original_replicas} replica(s)"))
+    verdict = consistency(status.services, earliest)
+    checks.append(Check("group", "consistent", verdict.status == "True", verdict.message))
+    return checks

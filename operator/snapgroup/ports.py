@@ -1,0 +1,251 @@
+"""The operator's view of the outside world, as interfaces.
+
+Orchestration and hooks talk only to these protocols; `snapgroup.adapters` implements them with
+real clients, and unit tests implement them in memory. Every method carries its own timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+
+class PlanError(Exception):
+    """A problem found before anything was touched: the group fails with this reason."""
+
+    def __init__(self, reason: str, field_path: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}")
+        self.reason = reason
+        self.field_path = field_path
+        self.message = message
+
+
+class StepError(Exception):
+    """A side-effecting step failed; the reason is CamelCase, the message is for a person."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PvcInfo:
+    """A PersistentVolumeClaim as the plan needs it."""
+
+    name: str
+    phase: str
+    storage_class: str | None
+    driver: str | None
+
+
+@dataclass(frozen=True)
+class SnapshotClassInfo:
+    """A VolumeSnapshotClass."""
+
+    name: str
+    driver: str
+
+
+@dataclass(frozen=True)
+class WorkloadInfo:
+    """A Deployment or StatefulSet as isolation needs it."""
+
+    kind: str
+    namespace: str
+    name: str
+    replicas: int
+    selector: str
+    """Its pod selector, in labelSelector query syntax."""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    resource_version: str = ""
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What the cluster says about one VolumeSnapshot."""
+
+    name: str
+    creation_time: datetime | None
+    ready_to_use: bool
+    restore_size: str | None
+    error: str | None
+
+
+EventType = Literal["Normal", "Warning"]
+
+
+class Cluster(Protocol):
+    """Kubernetes, as the orchestration sees it."""
+
+    async def get_pvc(self, namespace: str, name: str) -> PvcInfo | None:
+        """The claim, or None when it does not exist."""
+        ...
+
+    async def list_pvcs(self, namespace: str, selector: str) -> list[PvcInfo]:
+        """Claims matching a label selector."""
+        ...
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """Decoded data of a Secret, or None when it does not exist."""
+        ...
+
+    async def get_snapshot_class(self, name: str | None) -> SnapshotClassInfo | None:
+        """The named class, or the default class when name is None; None when absent."""
+        ...
+
+    async def get_workload(self, kind: str, namespace: str, name: str) -> WorkloadInfo | None:
+        """One Deployment or StatefulSet, or None."""
+        ...
+
+    async def list_workloads(self, kind: str, namespace: str, selector: str) -> list[WorkloadInfo]:
+        """Deployments or StatefulSets matching a label selector."""
+        ...
+
+    async def list_annotated_workloads(self, annotation: str) -> list[WorkloadInfo]:
+        """Every Deployment and StatefulSet, in all watched namespaces, carrying an annotation."""
+        ...
+
+    async def scale(
+        self, kind: str, namespace: str, name: str, replicas: int,
+        annotations: Mapping[str, str | None],
+    ) -> None:
+        """Set replicas and annotations (None removes one) in a single patch."""
+        ...
+
+    async def wait_pods_gone(self, namespace: str, selector: str, timeout: float) -> None:
+        """Return once no pod matches the selector; raise TimeoutError after timeout seconds."""
+        ...
+
+    async def create_snapshot(self, namespace: str, body: dict[str, Any]) -> None:
+        """Create a VolumeSnapshot; an existing one of that name counts as created."""
+        ...
+
+    async def delete_snapshot(self, namespace: str, name: str) -> None:
+        """Delete a VolumeSnapshot; a missing one counts as deleted."""
+        ...
+
+    async def list_snapshots(self, namespace: str, selector: str) -> list[SnapshotInfo]:
+        """VolumeSnapshots matching a label selector."""
+        ...
+
+    async def wait_snapshots(
+        self, namespace: str, selector: str, names: set[str], until: Literal["cut", "ready"],
+        timeout: float,
+    ) -> dict[str, SnapshotInfo]:
+        """Watch the named snapshots until each is cut (has creationTime) or ready to use.
+
+        Returns the last seen state of each; raises TimeoutError after timeout seconds, and
+        StepError when a snapshot reports an error that will not go away.
+        """
+        ...
+
+    async def patch_group_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the SnapshotGroup's status subresource directly (the journal)."""
+        ...
+
+    async def emit_event(
+        self, namespace: str, name: str, uid: str, event_type: EventType, reason: str, message: str,
+    ) -> None:
+        """Record a Kubernetes Event on the SnapshotGroup."""
+        ...
+
+    async def acquire_lease(self, namespace: str, name: str, holder: str, seconds: int) -> str | None:
+        """Take a coordination.k8s.io Lease for holder, or renew it.
+
+        Returns None when holder now holds it, else the identity of the live holder. A lease
+        whose holder let it expire is taken over.
+        """
+        ...
+
+    async def release_lease(self, namespace: str, name: str, holder: str) -> None:
+        """Give a Lease up if holder still holds it."""
+        ...
+
+    async def wait_lease_change(self, namespace: str, name: str, timeout: float) -> None:
+        """Return when the Lease changes or is deleted, or after timeout seconds."""
+        ...
+
+
+class PostgresSession(Protocol):
+    """One PostgreSQL session, held open through the freeze window."""
+
+    async def server_version(self) -> int:
+        """server_version_num, e.g. 150004."""
+        ...
+
+    async def backup_start(self, label: str) -> str:
+        """Enter non-exclusive backup mode on this session; returns the start LSN."""
+        ...
+
+    async def backup_stop(self) -> str:
+        """Leave backup mode on this session; returns the stop LSN."""
+        ...
+
+    async def newest_record(
+        self, table: str | None, column: str | None, query: str | None
+    ) -> datetime | None:
+        """Newest record time by table/column or by a query."""
+        ...
+
+    async def close(self) -> None:
+        """Close the session (ends a backup still in progress)."""
+        ...
+
+
+class MongoSession(Protocol):
+    """A MongoDB client."""
+
+    async def ping(self) -> None:
+        """Check the server answers and the credentials work."""
+        ...
+
+    async def fsync_lock(self) -> int:
+        """fsync with lock; returns the lock count after locking."""
+        ...
+
+    async def fsync_unlock(self) -> int:
+        """fsyncUnlock; returns the lock count after unlocking."""
+        ...
+
+    async def newest_record(self, database: str, collection: str, field: str) -> datetime | None:
+        """Newest value of a date field."""
+        ...
+
+    async def close(self) -> None:
+        """Close the client."""
+        ...
+
+
+class ObjectStoreSession(Protocol):
+    """An S3 / MinIO client."""
+
+    async def check_bucket(self, bucket: str) -> bool:
+        """True when the bucket exists and the credentials can read it."""
+        ...
+
+    async def newest_object_time(self, bucket: str, prefix: str) -> datetime | None:
+        """Newest LastModified under a prefix."""
+        ...
+
+    async def close(self) -> None:
+        """Release the client."""
+        ...
+
+
+class Connectors(Protocol):
+    """Opens database sessions from a Secret's data; each raises StepError(reason=...) on failure."""
+
+    async def postgres(self, secret: Mapping[str, str], timeout: float) -> PostgresSession:
+        """Connect to PostgreSQL."""
+        ...
+
+    async def mongo(self, secret: Mapping[str, str], timeout: float) -> MongoSession:
+        """Connect to MongoDB."""
+        ...
+
+    async def object_store(self, secret: Mapping[str, str], timeout: float) -> ObjectStoreSession:
+        """Connect to an S3 / MinIO endpoint."""
+        ...

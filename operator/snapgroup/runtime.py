@@ -1,0 +1,41 @@
+"""Wiring: the real adapters behind the ports, shared by the kopf handlers and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from snapgroup.adapters.connectors import DatabaseConnectors
+from snapgroup.adapters.kube import KubeCluster, load_api_client
+from snapgroup.hooks.writers import restore_orphans
+from snapgroup.orchestration.groups import GroupRunner
+
+
+@dataclass
+class Runtime:
+    """One operator process's clients and group runner."""
+
+    cluster: KubeCluster
+    connectors: DatabaseConnectors
+    runner: GroupRunner
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> Runtime:
+        """Clients from a kubeconfig, $KUBECONFIG, or the pod's service account."""
+        cluster = KubeCluster(load_api_client(kubeconfig))
+        connectors = DatabaseConnectors()
+        return cls(cluster=cluster, connectors=connectors, runner=GroupRunner(cluster, connectors))
+
+    async def restore_orphans(self) -> list[str]:
+        """Restore workloads isolated by groups that are gone or finished (e.g. after a crash)."""
+
+        async def is_live(namespace: str, name: str, uid: str) -> bool:
+            group = await self.cluster.get_group(namespace, name)
+            if group is None or group.get("metadata", {}).get("uid") != uid:
+                return False
+            return not GroupRunner.is_terminal(group.get("status"))
+
+        return await restore_orphans(self.cluster, is_live)
+
+    def close(self) -> None:
+        """Release connection pools."""
+        self.cluster.close()

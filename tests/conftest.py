@@ -1,0 +1,3 @@
+"""Root conftest: fixtures shared by every test directory."""
+
+pytest_plugins = ["localcluster.fixtures"]

@@ -1,0 +1,64 @@
+"""Fixtures of the end-to-end tests: the CRDs installed, the operator running as a process."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.bleater import Bleater
+from e2e.kube import Kube
+from e2e.operator_process import REPO, OperatorProcess
+from localcluster.build import ensure_binaries
+
+
+def kubectl(cluster: Any, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The cluster's kubectl (built with it) through the admin kubeconfig."""
+    return subprocess.run(
+        [str(ensure_binaries() / "kubectl"), "--kubeconfig", str(cluster.kubeconfig), *args],
+        check=check, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture(scope="session")
+def crds(local_cluster: Any) -> None:
+    """The snapgroup CRDs, applied server-side and established."""
+    kubectl(local_cluster, "apply", "--server-side", "-f", str(REPO / "crds"))
+    kubectl(local_cluster, "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/snapshotgroups.snapgroup.dev")
+
+
+@pytest.fixture(scope="session")
+def kube(local_cluster: Any) -> Kube:
+    """Test-side Kubernetes client."""
+    return Kube(Path(local_cluster.kubeconfig))
+
+
+@pytest.fixture(scope="session")
+def bleater(kube: Kube) -> Bleater:
+    """The bleater sample's services and records."""
+    return Bleater(kube)
+
+
+@pytest.fixture(scope="session")
+def operator(local_cluster: Any, crds: None, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[OperatorProcess]:
+    """The operator, running for the whole session, as `snapgroup run` would."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    process = OperatorProcess(Path(local_cluster.kubeconfig), log)
+    process.start()
+    yield process
+    process.stop()
+
+
+_counter = iter(range(1, 10_000))
+
+
+@pytest.fixture
+def group_name(request: pytest.FixtureRequest) -> str:
+    """A unique, readable SnapshotGroup name per test."""
+    base = request.node.name.removeprefix("test_").replace("_", "-")[:40].rstrip("-")
+    return f"{base}-{next(_counter)}"

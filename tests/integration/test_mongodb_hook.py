@@ -1,0 +1,216 @@
+"""The mongodb hook type against the local MongoDB stand-in (see conftest.mongo_server).
+
+mongod cannot be installed here: the server is FerretDB, which speaks the wire protocol but has
+no fsync lock, behind `localcluster.mongolock`, which emulates mongod's counted, server-wide fsync
+lock and holds writes from every connection while the count is above zero. The tests therefore
+check the hook's behaviour against mongod's lock semantics as that layer implements them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.errors import OperationFailure
+
+import snapgroup.hooks.mongodb  # noqa: F401 - registers the hook type
+from snapgroup.api.snapshotgroup import ServiceTarget
+from snapgroup.hooks.registry import HookContext, ServiceHook, lookup
+from snapgroup.ports import PlanError
+
+PATH = "spec.services[1]"
+SECRET = "mongodb-credentials"
+Client = AsyncMongoClient[dict[str, Any]]
+
+
+def target(last_record: dict[str, str] | None = None, timeout: str = "10s") -> ServiceTarget:
+    return ServiceTarget.model_validate({
+        "name": "mongodb", "type": "mongodb", "pvcs": ["mongodb-data"],
+        "connection": {"secretRef": {"name": SECRET}, "timeout": timeout},
+        **({"lastRecord": last_record} if last_record else {}),
+    })
+
+
+async def plan(ctx: HookContext, service: ServiceTarget | None = None) -> ServiceHook:
+    hook_type = lookup("mongodb")
+    assert hook_type is not None
+    [hook] = await hook_type.plan(ctx, service or target(), PATH)
+    assert isinstance(hook, ServiceHook)
+    return hook
+
+
+def connect(server: Any) -> Client:
+    """A test-side client with its own connections."""
+    return AsyncMongoClient(server.uri, username=server.username, password=server.password,
+                            directConnection=True, serverSelectionTimeoutMS=10_000,
+                            tz_aware=True)
+
+
+@pytest.fixture
+async def other(mongo_server: Any) -> AsyncIterator[Client]:
+    """Another client of the server; afterwards every fsync lock is released for the next test."""
+    client = connect(mongo_server)
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(OperationFailure):
+            for _ in range(8):
+                await client.admin.command({"fsyncUnlock": 1})
+        await client.close()
+
+
+@pytest.fixture
+def ctx(mongo_server: Any, hook_context: Any) -> HookContext:
+    context: HookContext = hook_context(**{SECRET: mongo_server.secret()})
+    return context
+
+
+async def locked(client: Client) -> bool:
+    """What the server reports in currentOp: is an fsync lock held?"""
+    return bool((await client.admin.command("currentOp")).get("fsyncLock"))
+
+
+async def start_held_insert(server: Any, writer: Client, doc: dict[str, Any],
+                            eventually: Any) -> asyncio.Task[Any]:
+    """Send an insert and return once the lock layer reports holding it."""
+    held_before = server.held_writes("insert")
+    insert = asyncio.create_task(writer.bleater.events.insert_one(doc))
+
+    async def held() -> bool:
+        return server.held_writes("insert") > held_before
+    await eventually(held, "the lock layer to hold the insert")
+    return insert
+
+
+async def test_fsync_lock_blocks_other_clients_writes_until_undo(
+    mongo_server: Any, ctx: HookContext, other: Client, eventually: Any
+) -> None:
+    marker = uuid.uuid4().hex
+    hook = await plan(ctx)
+    writer = connect(mongo_server)
+    try:
+        record = await hook.apply()
+        assert (record["lockCountBefore"], record["lockCountAfterLock"]) == (0, 1)
+        assert await locked(other)
+
+        insert = await start_held_insert(mongo_server, writer, {"marker": marker}, eventually)
+        # Reads still pass while writes are held: a round trip that sees no document.
+        assert await other.bleater.events.count_documents({"marker": marker}) == 0
+        assert not insert.done(), "the insert completed while the fsync lock was held"
+
+        message = await hook.undo(record)
+        await asyncio.wait_for(insert, 30)
+    finally:
+        await hook.release()
+        await writer.close()
+
+    assert await other.bleater.events.count_documents({"marker": marker}) == 1
+    assert not await locked(other)
+    assert "lock count back to 0" in message
+    assert hook.evidence() == {"lockCountBefore": "0", "lockCountAfterLock": "1",
+                               "lockCountAfterUnlock": "0"}
+
+
+async def test_undo_leaves_a_lock_taken_before_the_group(
+    mongo_server: Any, ctx: HookContext, other: Client, eventually: Any
+) -> None:
+    assert (await other.admin.command({"fsync": 1, "lock": True}))["lockCount"] == 1
+    hook = await plan(ctx)
+    try:
+        record = await hook.apply()
+        assert (record["lockCountBefore"], record["lockCountAfterLock"]) == (1, 2)
+        await hook.undo(record)
+    finally:
+        await hook.release()
+
+    assert hook.evidence()["lockCountAfterUnlock"] == "1"
+    # Writes are still held by the earlier lock, and exactly one unlock releases them.
+    writer = connect(mongo_server)
+    try:
+        insert = await start_held_insert(mongo_server, writer, {"marker": uuid.uuid4().hex},
+                                         eventually)
+        assert (await other.admin.command({"fsyncUnlock": 1}))["lockCount"] == 0
+        await asyncio.wait_for(insert, 30)
+    finally:
+        await writer.close()
+
+
+async def test_recover_after_restart_unlocks_with_a_fresh_connection(
+    ctx: HookContext, other: Client
+) -> None:
+    hook = await plan(ctx)
+    record = await hook.apply()
+    await hook.release()  # the operator died; its client is gone, the lock is not
+    assert await locked(other)
+
+    mongodb = lookup("mongodb")
+    assert mongodb is not None
+    message = await mongodb.recover(ctx, hook.key, record, True)
+
+    assert not await locked(other)
+    assert "lock count back to 0" in message
+
+
+async def test_recover_of_an_unconfirmed_lock_unlocks_only_if_locked(
+    ctx: HookContext, other: Client
+) -> None:
+    hook = await plan(ctx)
+    intent = hook.intent()  # journaled before apply; the operator died before the lock
+    await hook.release()
+    mongodb = lookup("mongodb")
+    assert mongodb is not None
+
+    message = await mongodb.recover(ctx, hook.key, intent, False)
+    assert "held no fsync lock" in message
+
+    assert (await other.admin.command({"fsync": 1, "lock": True}))["lockCount"] == 1
+    message = await mongodb.recover(ctx, hook.key, intent, False)
+    assert "unlocked once" in message
+    assert not await locked(other)
+
+
+async def test_newest_record_is_the_greatest_date(ctx: HookContext, other: Client) -> None:
+    collection = f"events_{uuid.uuid4().hex[:8]}"
+    times = [datetime(2026, 3, 1, 12, 0, s, 250000, tzinfo=UTC) for s in (5, 42, 17)]
+    await other.bleater[collection].insert_many(
+        [{"seq": i, "created_at": t} for i, t in enumerate(times)]
+        + [{"seq": 9, "created_at": "2099-01-01T00:00:00Z"}, {"seq": 10}])
+    hook = await plan(ctx, target({"database": "bleater", "collection": collection,
+                                   "field": "created_at"}))
+    empty = await plan(ctx, target({"database": "bleater", "collection": collection + "_none",
+                                    "field": "created_at"}))
+    try:
+        assert await hook.newest_record() == max(times)
+        assert await empty.newest_record() is None
+    finally:
+        await hook.release()
+        await empty.release()
+
+
+async def test_wrong_password_fails_plan_with_authentication_failed(
+    mongo_server: Any, hook_context: Any
+) -> None:
+    wrong = "not-" + mongo_server.password
+    ctx = hook_context(**{SECRET: mongo_server.secret(password=wrong)})
+    with pytest.raises(PlanError) as caught:
+        await plan(ctx)
+    assert caught.value.reason == "AuthenticationFailed"
+    assert caught.value.field_path == f"{PATH}.connection.secretRef.name"
+    assert wrong not in str(caught.value)
+
+
+async def test_unreachable_server_fails_plan_with_database_unreachable(
+    hook_context: Any, closed_port: int
+) -> None:
+    ctx = hook_context(**{SECRET: {"uri": f"mongodb://127.0.0.1:{closed_port}/"}})
+    with pytest.raises(PlanError) as caught:
+        await plan(ctx, target(timeout="1s"))
+    assert caught.value.reason == "DatabaseUnreachable"
+    assert caught.value.field_path == f"{PATH}.connection"
+    assert f"127.0.0.1:{closed_port}" in caught.value.message

@@ -1,0 +1,296 @@
+"""Build the local cluster's binaries from the Go modules under ``tests/localcluster/go``.
+
+Two modules are built:
+
+- ``controlplane``: kube-apiserver, kube-controller-manager and kubectl (``k8s.io/kubernetes``),
+  etcd, the CSI snapshot-controller, csi-snapshotter and csi-provisioner sidecars, and
+  ``cmd/hostpath-csi`` (the project's stand-in for csi-driver-host-path);
+- ``services`` (when present): FerretDB (the MongoDB stand-in) and ``cmd/s3server``.
+
+Each module's ``tool`` directives and every ``./cmd/<name>`` package are built into one directory,
+cached under ``${SNAPGROUP_CACHE:-~/.cache/snapgroup}/bin/<key>``, where the key hashes the
+modules' go.mod, go.sum and Go sources together with the build flags. A build goes to a temporary
+directory that is renamed into place when complete, under a file lock, so concurrent callers never
+see a half-built directory and never build twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+GO_ROOT = Path(__file__).resolve().parent / "go"
+CONTROLPLANE_MODULE = GO_ROOT / "controlplane"
+SERVICES_MODULE = GO_ROOT / "services"
+
+CONTROLPLANE_BINARIES = (
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kubectl",
+    "snapshot-controller",
+    "csi-snapshotter",
+    "csi-provisioner",
+    "hostpath-csi",
+)
+SERVICES_BINARIES = ("ferretdb", "s3server")
+
+# Go names a binary after the package's last path element; etcd's main package is the module
+# root go.etcd.io/etcd/server/v3, which Go names "server".
+_RENAMES = {"server": "etcd"}
+
+# Where build() puts the VolumeSnapshot CRDs of the snapshot client module, so that starting a
+# cluster needs no Go toolchain and no module cache.
+SNAPSHOT_CRDS_DIR = "manifests/volumesnapshot-crds"
+_SNAPSHOT_CLIENT_MODULE = "github.com/kubernetes-csi/external-snapshotter/client/v8"
+_SNAPSHOT_CRD_FILES = (
+    "snapshot.storage.k8s.io_volumesnapshotclasses.yaml",
+    "snapshot.storage.k8s.io_volumesnapshotcontents.yaml",
+    "snapshot.storage.k8s.io_volumesnapshots.yaml",
+)
+
+# Part of the cache key: a change here must produce a new directory.
+_RECIPE_VERSION = "2"
+
+# Keep this many superseded builds besides the current one (each is several hundred MB).
+_KEEP_OLD_BUILDS = 1
+
+
+class GoToolchainMissingError(RuntimeError):
+    """No ``go`` executable on PATH, and the binaries are not cached yet."""
+
+
+class BuildError(RuntimeError):
+    """``go build`` failed; the message carries the end of its output."""
+
+
+def cache_root() -> Path:
+    """Return the cache root: ``$SNAPGROUP_CACHE`` or ``~/.cache/snapgroup``."""
+    configured = os.environ.get("SNAPGROUP_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "snapgroup"
+
+
+def modules() -> list[Path]:
+    """Return the Go modules to build: the control plane, and the services once they exist."""
+    found = [CONTROLPLANE_MODULE]
+    if (SERVICES_MODULE / "go.mod").is_file():
+        found.append(SERVICES_MODULE)
+    return found
+
+
+def expected_binaries() -> tuple[str, ...]:
+    """Return the executable names a complete build directory holds."""
+    names: tuple[str, ...] = CONTROLPLANE_BINARIES
+    if SERVICES_MODULE in modules():
+        names += SERVICES_BINARIES
+    return names
+
+
+def kubernetes_version(module: Path = CONTROLPLANE_MODULE) -> str:
+    """Return the ``k8s.io/kubernetes`` version the control-plane module requires (``v1.36.3``)."""
+    text = (module / "go.mod").read_text()
+    match = re.search(r"^\s*k8s\.io/kubernetes\s+(v\d+\.\d+\.\d+)\b", text, re.MULTILINE)
+    if not match:
+        raise BuildError(f"{module / 'go.mod'} does not require k8s.io/kubernetes")
+    return match.group(1)
+
+
+def _ldflags(k8s_version: str) -> str:
+    major, minor = k8s_version.lstrip("v").split(".")[:2]
+    # Without these, the binaries report v0.0.0-master, and kubectl warns about version skew.
+    prefix = "k8s.io/component-base/version"
+    return (
+        f"-s -w -X {prefix}.gitVersion={k8s_version} -X {prefix}.gitMajor={major}"
+        f" -X {prefix}.gitMinor={minor} -X {prefix}.gitTreeState=clean"
+    )
+
+
+def _build_flags(k8s_version: str) -> list[str]:
+    return ["-trimpath", "-ldflags", _ldflags(k8s_version)]
+
+
+def cache_key() -> str:
+    """Hash the modules' go.mod, go.sum and Go sources (not tests) with the build flags."""
+    digest = hashlib.sha256()
+    digest.update(f"recipe {_RECIPE_VERSION}\n".encode())
+    digest.update(" ".join(_build_flags(kubernetes_version())).encode() + b"\n")
+    for module in modules():
+        sources = [p for p in module.rglob("*.go") if not p.name.endswith("_test.go")]
+        files = [module / "go.mod", module / "go.sum", *sources]
+        for path in sorted(p for p in files if p.is_file()):
+            digest.update(str(path.relative_to(GO_ROOT)).encode() + b"\0")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:20]
+
+
+def _is_complete(directory: Path) -> bool:
+    return (
+        all(os.access(directory / name, os.X_OK) for name in expected_binaries())
+        and (directory / SNAPSHOT_CRDS_DIR).is_dir()
+    )
+
+
+def ensure_binaries() -> Path:
+    """Return a directory holding every local-cluster executable, building it if needed.
+
+    Cached builds are reused without running Go. Raises :class:`GoToolchainMissingError` when a
+    build is needed and ``go`` is not on PATH, :class:`BuildError` when the build fails.
+    """
+    bin_root = cache_root() / "bin"
+    target = bin_root / cache_key()
+    if _is_complete(target):
+        return target
+    if shutil.which("go") is None:
+        raise GoToolchainMissingError(
+            "the local cluster is built from Go modules, and no `go` executable is on PATH"
+        )
+    bin_root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(bin_root / ".build.lock"):
+        if _is_complete(target):  # built by another process while this one waited
+            return target
+        staging = bin_root / f".building-{target.name}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            _build_into(staging)
+            if target.exists():  # an incomplete leftover
+                shutil.rmtree(target)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _prune(bin_root, keep=target)
+    return target
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    with lock_path.open("w") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _progress("another process is building the local cluster binaries; waiting for it")
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _build_into(staging: Path) -> None:
+    k8s_version = kubernetes_version()
+    started = time.monotonic()
+    info: dict[str, object] = {"kubernetes": k8s_version, "modules": {}}
+    for module in modules():
+        module_started = time.monotonic()
+        packages = _main_packages(module)
+        _progress(
+            f"building {module.name} module ({len(packages)} programs) into {staging.parent};"
+            " a cold build takes several minutes on 2 cores, later builds reuse Go's build cache"
+        )
+        _go(
+            module,
+            ["build", "-v", *_build_flags(k8s_version), "-o", f"{staging}/", *packages],
+            label=module.name,
+        )
+        seconds = round(time.monotonic() - module_started, 1)
+        info["modules"][module.name] = {"packages": packages, "seconds": seconds}  # type: ignore[index]
+        _progress(f"{module.name} module built in {seconds:.0f}s")
+    for built, wanted in _RENAMES.items():
+        if (staging / built).exists():
+            (staging / built).rename(staging / wanted)
+    missing = [name for name in expected_binaries() if not (staging / name).is_file()]
+    if missing:
+        raise BuildError(f"the build produced no {', '.join(missing)} in {staging}")
+    _copy_snapshot_crds(staging / SNAPSHOT_CRDS_DIR)
+    info["seconds"] = round(time.monotonic() - started, 1)
+    info["go"] = _go(CONTROLPLANE_MODULE, ["env", "GOVERSION"], label="go env").strip()
+    (staging / "BUILDINFO.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _main_packages(module: Path) -> list[str]:
+    """Return the module's ``tool`` packages and its own ``./cmd/<name>`` programs."""
+    edit = json.loads(_go(module, ["mod", "edit", "-json"], label="go mod edit"))
+    packages = [tool["Path"] for tool in edit.get("Tool") or []]
+    cmd_dir = module / "cmd"
+    if cmd_dir.is_dir():
+        packages += [f"./cmd/{d.name}" for d in sorted(cmd_dir.iterdir()) if any(d.glob("*.go"))]
+    return packages
+
+
+def _copy_snapshot_crds(destination: Path) -> None:
+    module_dir = _go(
+        CONTROLPLANE_MODULE, ["list", "-m", "-f", "{{.Dir}}", _SNAPSHOT_CLIENT_MODULE], label="go list"
+    ).strip()
+    if not module_dir:
+        _go(CONTROLPLANE_MODULE, ["mod", "download", _SNAPSHOT_CLIENT_MODULE], label="go mod download")
+        module_dir = _go(
+            CONTROLPLANE_MODULE,
+            ["list", "-m", "-f", "{{.Dir}}", _SNAPSHOT_CLIENT_MODULE],
+            label="go list",
+        ).strip()
+    source = Path(module_dir) / "config" / "crd"
+    destination.mkdir(parents=True)
+    for name in _SNAPSHOT_CRD_FILES:
+        shutil.copyfile(source / name, destination / name)
+
+
+def _go(module: Path, args: list[str], *, label: str) -> str:
+    """Run ``go args`` in module; return stdout. Stderr lines count as progress (``-v``)."""
+    env = {**os.environ, "CGO_ENABLED": "0"}
+    proc = subprocess.Popen(
+        ["go", *args],
+        cwd=module,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    tail: deque[str] = deque(maxlen=40)
+    stdout_chunks: list[str] = []
+    reader = threading.Thread(
+        target=lambda: stdout_chunks.append(proc.stdout.read() if proc.stdout else ""),
+        daemon=True,
+    )
+    reader.start()
+    started = last_report = time.monotonic()
+    assert proc.stderr is not None
+    for compiled, line in enumerate(proc.stderr, start=1):
+        tail.append(line.rstrip("\n"))
+        now = time.monotonic()
+        if now - last_report >= 30:
+            last_report = now
+            _progress(f"{label}: {compiled} packages compiled, {now - started:.0f}s elapsed")
+    code = proc.wait()
+    reader.join()
+    if code != 0:
+        output = "\n".join(tail)
+        raise BuildError(f"`go {' '.join(args[:2])} ...` in {module} failed ({code}):\n{output}")
+    return "".join(stdout_chunks)
+
+
+def _prune(bin_root: Path, keep: Path) -> None:
+    """Remove superseded builds, keeping the newest few for checkouts that still use them."""
+    old = sorted(
+        (d for d in bin_root.iterdir() if d.is_dir() and d != keep and not d.name.startswith(".")),
+        key=lambda d: d.stat().st_mtime,
+        reverse=True,
+    )
+    for directory in old[_KEEP_OLD_BUILDS:]:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _progress(message: str) -> None:
+    print(f"localcluster: {message}", file=sys.stderr, flush=True)

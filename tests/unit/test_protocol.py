@@ -1,0 +1,391 @@
+"""The freeze-window protocol against in-memory fakes of the ports (no network).
+
+FakeCluster and the Fake* hook types below are test doubles: they record what the protocol asked
+for, in order, so ordering, fail-closed and undo-always can be asserted exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import pytest
+from pydantic import BaseModel
+
+from snapgroup.api.snapshotgroup import (
+    HookState,
+    Phase,
+    ServiceTarget,
+    SnapshotGroupSpec,
+    SnapshotGroupStatus,
+    WriterTarget,
+)
+from snapgroup.hooks import registry
+from snapgroup.hooks.registry import BoundHook, HookContext, HookType, ServiceHook, UndoRecord
+from snapgroup.orchestration.groups import GroupRunner
+from snapgroup.orchestration.journal import GroupRef
+from snapgroup.ports import PlanError, PvcInfo, SnapshotClassInfo, SnapshotInfo, StepError
+
+T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+DRIVER = "hostpath.csi.snapgroup.dev"
+
+
+class FakeCluster:
+    """In-memory stand-in for the Cluster port; every call lands in `log`."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.pvcs = {n: PvcInfo(n, "Bound", "sc", DRIVER) for n in ("pg-data", "mongo-data")}
+        self.snapshot_class: SnapshotClassInfo | None = SnapshotClassInfo("snapclass", DRIVER)
+        self.snapshots: dict[str, dict[str, Any]] = {}
+        self.cut_time = T0
+        self.hang_groups: set[str] = set()
+        """Groups whose cut never happens until let_cut is set."""
+        self.cutting = asyncio.Event()
+        self.let_cut = asyncio.Event()
+        self.leases: dict[str, str] = {}
+        self.lease_changed = asyncio.Condition()
+        self.by_group: dict[str, list[dict[str, Any]]] = {}
+        self.patches: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str, str]] = []
+
+    async def get_pvc(self, namespace: str, name: str) -> PvcInfo | None:
+        return self.pvcs.get(name)
+
+    async def list_pvcs(self, namespace: str, selector: str) -> list[PvcInfo]:
+        return []
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        return None
+
+    async def get_snapshot_class(self, name: str | None) -> SnapshotClassInfo | None:
+        return self.snapshot_class
+
+    async def create_snapshot(self, namespace: str, body: dict[str, Any]) -> None:
+        self.log.append(f"create {body['metadata']['name']}")
+        self.snapshots[body["metadata"]["name"]] = body
+
+    async def delete_snapshot(self, namespace: str, name: str) -> None:
+        self.log.append(f"delete {name}")
+        self.snapshots.pop(name, None)
+
+    async def list_snapshots(self, namespace: str, selector: str) -> list[SnapshotInfo]:
+        return [SnapshotInfo(n, None, False, None, None) for n in self.snapshots]
+
+    async def wait_snapshots(
+        self, namespace: str, selector: str, names: set[str], until: str, timeout: float
+    ) -> dict[str, SnapshotInfo]:
+        self.log.append(f"wait {until}")
+        if until == "cut" and selector.split("=", 1)[1] in self.hang_groups:
+            self.cutting.set()
+            await self.let_cut.wait()  # until the test lets the driver cut; maybe never
+        ready = until == "ready"
+        return {n: SnapshotInfo(n, self.cut_time, ready, "1Gi" if ready else None, None) for n in names}
+
+    async def patch_group_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.patches.append(copy.deepcopy(status))
+        self.by_group.setdefault(name, []).append(copy.deepcopy(status))
+
+    async def acquire_lease(self, namespace: str, name: str, holder: str, seconds: int) -> str | None:
+        current = self.leases.setdefault(name, holder)
+        return None if current == holder else current
+
+    async def release_lease(self, namespace: str, name: str, holder: str) -> None:
+        if self.leases.get(name) == holder:
+            del self.leases[name]
+            async with self.lease_changed:
+                self.lease_changed.notify_all()
+
+    async def wait_lease_change(self, namespace: str, name: str, timeout: float) -> None:
+        async with self.lease_changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.lease_changed.wait(), timeout)
+
+    async def emit_event(self, namespace: str, name: str, uid: str, event_type: str, reason: str,
+                         message: str) -> None:
+        self.events.append((event_type, reason, message))
+
+    def persisted_state(self, key: str) -> str | None:
+        """State of a journal entry in the last persisted status."""
+        for hook in self.patches[-1].get("hooks", []) if self.patches else []:
+            if hook["name"] == key:
+                return str(hook["state"])
+        return None
+
+
+class FakeBound(ServiceHook):
+    """A bound fake hook: applying and undoing append to the shared log."""
+
+    def __init__(self, ctx: HookContext, key: str, type_: str, behaviour: dict[str, Any]) -> None:
+        self.ctx, self.key, self.type, self.behaviour = ctx, key, type_, behaviour
+        self.undo_failures = int(behaviour.get("undo_failures", 0))
+
+    def intent(self) -> UndoRecord:
+        return {"target": self.key}
+
+    async def apply(self) -> UndoRecord:
+        cluster = self.ctx.cluster
+        assert isinstance(cluster, FakeCluster)
+        # Write-ahead: the intent must be durable before the side effect.
+        assert cluster.persisted_state(self.key) == "Applying"
+        cluster.log.append(f"apply {self.key}")
+        if self.behaviour.get("apply_fails"):
+            raise StepError("QuiesceFailed", f"{self.key} refused")
+        return {"target": self.key, "done": True}
+
+    async def undo(self, record: UndoRecord) -> str:
+        cluster = self.ctx.cluster
+        assert isinstance(cluster, FakeCluster)
+        cluster.log.append(f"undo {self.key}")
+        if self.undo_failures:
+            self.undo_failures -= 1
+            raise StepError("Busy", "try again")
+        return f"undid {record['target']}"
+
+    async def newest_record(self) -> datetime | None:
+        cluster = self.ctx.cluster
+        assert isinstance(cluster, FakeCluster)
+        cluster.log.append(f"record {self.key}")
+        offset = self.behaviour.get("record_offset", -1.0)
+        return T0 + timedelta(seconds=offset)
+
+    def evidence(self) -> dict[str, str]:
+        return {"fake": self.key}
+
+
+BEHAVIOUR: dict[str, dict[str, Any]] = {}
+RECOVERED: list[tuple[str, bool]] = []
+
+
+def _fake_type(type_name: str, model: type[BaseModel], key_of: Any) -> type[HookType[Any]]:
+    class FakeType(HookType[Any]):
+        name: ClassVar[str] = type_name
+        params_model: ClassVar[type[BaseModel]] = model
+
+        async def plan(self, ctx: HookContext, params: Any, path: str) -> list[BoundHook]:
+            key = key_of(params)
+            behaviour = BEHAVIOUR.get(key, {})
+            if behaviour.get("plan_fails"):
+                raise PlanError("WriterNotFound", f"{path}.name", f"{key} does not exist")
+            return [FakeBound(ctx, key, type_name, behaviour)]
+
+        async def recover(self, ctx: HookContext, key: str, record: UndoRecord,
+                          side_effect_done: bool) -> str:
+            RECOVERED.append((key, side_effect_done))
+            return f"recovered {key}"
+
+    return FakeType
+
+
+@pytest.fixture(autouse=True)
+def fake_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    BEHAVIOUR.clear()
+    RECOVERED.clear()
+    registry.register(_fake_type("scale", WriterTarget, lambda p: f"writer:{p.kind}/{p.name}"))
+    for svc_type in ("postgresql", "mongodb"):
+        registry.register(_fake_type(svc_type, ServiceTarget, lambda p: f"service:{p.name}"))
+
+
+def spec(budget: str = "5s") -> SnapshotGroupSpec:
+    return SnapshotGroupSpec.model_validate({
+        "freezeBudget": budget,
+        "writers": [{"name": "data-writer"}],
+        "services": [
+            {"name": "postgres", "type": "postgresql", "pvcs": ["pg-data"],
+             "connection": {"secretRef": {"name": "pg"}}},
+            {"name": "mongodb", "type": "mongodb", "pvcs": ["mongo-data"],
+             "connection": {"secretRef": {"name": "mongo"}}},
+        ],
+    })
+
+
+REF = GroupRef("bleater", "nightly", "uid-1", 1)
+
+
+async def run_group(cluster: FakeCluster, budget: str = "5s",
+                    status: dict[str, Any] | None = None) -> SnapshotGroupStatus:
+    runner = GroupRunner(cluster, connectors=None, ready_timeout=5)  # type: ignore[arg-type]
+    await runner.reconcile(REF, spec(budget).wire(), status or {})
+    return SnapshotGroupStatus.model_validate(cluster.patches[-1])
+
+
+def condition(status: SnapshotGroupStatus, type_: str) -> str:
+    return next(c.status for c in status.conditions if c.type == type_)
+
+
+async def test_happy_path_orders_isolate_quiesce_cut_record_resume_then_ready() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    status = await run_group(cluster)
+    assert log == [
+        "apply writer:Deployment/data-writer",
+        "apply service:postgres", "apply service:mongodb",
+        "create nightly-postgres-pg-data", "create nightly-mongodb-mongo-data",
+        "wait cut",
+        "record service:postgres", "record service:mongodb",
+        "undo service:mongodb", "undo service:postgres",
+        "undo writer:Deployment/data-writer",
+        "wait ready",
+    ]
+    assert status.phase == Phase.SUCCEEDED
+    assert condition(status, "Consistent") == "True"
+    assert status.consistent is True
+    assert status.earliest_snapshot_time == T0
+    assert status.snapshots_ready == "2/2"
+    assert all(h.state == HookState.UNDONE for h in status.hooks)
+    assert status.freeze is not None and status.freeze.seconds is not None
+    assert [s.evidence for s in status.services] == [{"fake": "service:postgres"},
+                                                     {"fake": "service:mongodb"}]
+    assert ("Normal", "Succeeded") in {(t, r) for t, r, _ in cluster.events}
+
+
+async def test_failed_quiesce_takes_no_snapshot_and_undoes_what_ran() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    BEHAVIOUR["service:mongodb"] = {"apply_fails": True}
+    status = await run_group(cluster)
+    assert not any(line.startswith("create") for line in log)
+    assert "undo service:postgres" in log and "undo writer:Deployment/data-writer" in log
+    # The failed quiesce is undone too: it may have half-happened.
+    assert "undo service:mongodb" in log
+    assert log.index("undo service:postgres") < log.index("undo writer:Deployment/data-writer")
+    assert status.phase == Phase.FAILED
+    failed = next(c for c in status.conditions if c.type == "Succeeded")
+    assert failed.status == "False" and failed.reason == "QuiesceFailed"
+    assert "service:mongodb" in failed.message
+
+
+async def test_plan_problems_are_all_reported_and_nothing_is_touched() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    cluster.snapshot_class = None
+    del cluster.pvcs["mongo-data"]
+    BEHAVIOUR["writer:Deployment/data-writer"] = {"plan_fails": True}
+    status = await run_group(cluster)
+    assert log == []
+    assert status.phase == Phase.FAILED
+    message = next(c.message for c in status.conditions if c.type == "Succeeded")
+    assert "spec.volumeSnapshotClassName" in message
+    assert "spec.services[1].pvcs[0]" in message
+    assert "spec.writers[0].name" in message
+    assert "nothing was touched" in message
+
+
+async def test_budget_exceeded_thaws_and_deletes_uncut_snapshots() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    cluster.hang_groups.add("nightly")
+    status = await run_group(cluster, budget="300ms")
+    assert status.phase == Phase.FAILED
+    assert next(c.reason for c in status.conditions if c.type == "Succeeded") == "FreezeBudgetExceeded"
+    assert {"undo service:postgres", "undo service:mongodb",
+            "undo writer:Deployment/data-writer"} <= set(log)
+    assert "delete nightly-postgres-pg-data" in log and "delete nightly-mongodb-mongo-data" in log
+    assert cluster.snapshots == {}
+    assert condition(status, "Quiesced") == "False"
+
+
+async def test_undo_is_retried_within_bounds() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    BEHAVIOUR["writer:Deployment/data-writer"] = {"undo_failures": 1}
+    status = await run_group(cluster)
+    assert log.count("undo writer:Deployment/data-writer") == 2
+    assert status.phase == Phase.SUCCEEDED
+    writer = next(h for h in status.hooks if h.name.startswith("writer:"))
+    assert writer.state == HookState.UNDONE
+
+
+async def test_records_newer_than_the_cut_make_the_group_inconsistent() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    BEHAVIOUR["service:mongodb"] = {"record_offset": 2.5}
+    status = await run_group(cluster)
+    assert status.phase == Phase.SUCCEEDED
+    consistent = next(c for c in status.conditions if c.type == "Consistent")
+    assert consistent.status == "False" and consistent.reason == "RecordsNewerThanCut"
+    assert "mongodb" in consistent.message and "postgres has" not in consistent.message
+    assert status.consistent is False
+
+
+async def test_restart_mid_group_undoes_the_journal_and_fails() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    cluster.snapshots["nightly-postgres-pg-data"] = {}
+    interrupted = {
+        "phase": "Snapshotting", "startTime": "2026-11-27T12:00:00Z",
+        "hooks": [
+            {"name": "writer:Deployment/data-writer", "type": "scale", "stage": "Pre",
+             "state": "Applied", "undo": {"originalReplicas": 1}},
+            {"name": "service:postgres", "type": "postgresql", "stage": "Pre", "state": "Applied"},
+            {"name": "service:mongodb", "type": "mongodb", "stage": "Pre", "state": "Applying"},
+        ],
+    }
+    status = await run_group(cluster, status=interrupted)
+    assert RECOVERED == [("service:mongodb", False), ("service:postgres", True),
+                         ("writer:Deployment/data-writer", True)]
+    assert status.phase == Phase.FAILED
+    assert next(c.reason for c in status.conditions if c.type == "Succeeded") == "OperatorRestarted"
+    assert cluster.snapshots == {}
+    assert all(h.state == HookState.UNDONE for h in status.hooks)
+
+
+async def test_finished_group_is_left_alone() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    runner = GroupRunner(cluster, connectors=None)  # type: ignore[arg-type]
+    await runner.reconcile(REF, spec().wire(), {"phase": "Succeeded"})
+    assert log == [] and cluster.patches == []
+
+
+async def test_deleting_the_group_mid_window_thaws_and_fails() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    cluster.hang_groups.add("nightly")
+    runner = GroupRunner(cluster, connectors=None, ready_timeout=5)  # type: ignore[arg-type]
+    task = asyncio.create_task(runner.reconcile(REF, spec("60s").wire(), {}))
+    await cluster.cutting.wait()
+    await runner.deleted(REF, {})
+    await task
+    status = SnapshotGroupStatus.model_validate(cluster.patches[-1])
+    assert next(c.reason for c in status.conditions if c.type == "Succeeded") == "GroupDeleted"
+    assert "undo writer:Deployment/data-writer" in log
+
+
+async def test_groups_over_the_same_targets_take_turns_and_disjoint_ones_do_not_wait() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    cluster.hang_groups.add("nightly")
+    runner = GroupRunner(cluster, connectors=None, ready_timeout=5)  # type: ignore[arg-type]
+    first = asyncio.create_task(runner.reconcile(REF, spec("60s").wire(), {}))
+    await cluster.cutting.wait()
+    second_ref = GroupRef("bleater", "second", "uid-2", 1)
+    second = asyncio.create_task(runner.reconcile(second_ref, spec("60s").wire(), {}))
+    while not any(
+        c.get("type") == "Waiting" and c.get("status") == "True"
+        for p in cluster.by_group.get("second", []) for c in p.get("conditions", [])
+    ):
+        await asyncio.sleep(0)  # let the second group reach its lease wait
+    assert log.count("apply writer:Deployment/data-writer") == 1  # the second has not started
+
+    disjoint = SnapshotGroupSpec.model_validate({
+        "services": [{"name": "other", "type": "postgresql", "pvcs": ["other-data"],
+                      "connection": {"secretRef": {"name": "pg"}}}]})
+    cluster.pvcs["other-data"] = PvcInfo("other-data", "Bound", "sc", DRIVER)
+    third_ref = GroupRef("bleater", "third", "uid-3", 1)
+    await runner.reconcile(third_ref, disjoint.wire(), {})  # runs while the first is frozen
+    assert cluster.by_group["third"][-1]["phase"] == "Succeeded"
+
+    cluster.let_cut.set()
+    await asyncio.gather(first, second)
+    assert cluster.by_group["nightly"][-1]["phase"] == "Succeeded"
+    assert cluster.by_group["second"][-1]["phase"] == "Succeeded"
+    writer = [line for line in log if line.endswith("writer:Deployment/data-writer")]
+    assert writer == ["apply writer:Deployment/data-writer", "undo writer:Deployment/data-writer"] * 2
+    waiting = next(c for c in cluster.by_group["second"][-1]["conditions"] if c["type"] == "Waiting")
+    assert waiting["status"] == "False"
+    assert cluster.leases == {}

@@ -1,0 +1,474 @@
+"""The service hook types (postgresql, mongodb, minio) without running any server.
+
+FakeCluster is an in-memory double of the Cluster port that only knows Secrets; the Fake*Session
+classes and FakeConnectors stand in for the database clients. The secret-leak tests use the real
+adapters against a loopback port nobody listens on, so the messages checked are the drivers' own.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+import snapgroup.hooks.minio
+import snapgroup.hooks.mongodb
+import snapgroup.hooks.postgresql  # noqa: F401 - registers the hook types
+from snapgroup.adapters.connectors import DatabaseConnectors
+from snapgroup.adapters.mongo import MongoConnection
+from snapgroup.adapters.objectstore import ObjectStoreConnection
+from snapgroup.adapters.postgres import PostgresConnection
+from snapgroup.api.snapshotgroup import ServiceTarget
+from snapgroup.hooks.mongodb import MAX_UNLOCKS
+from snapgroup.hooks.registry import HookContext, ServiceHook, lookup
+from snapgroup.ports import PlanError, StepError
+
+NS = "bleater"
+PATH = "spec.services[1]"
+PASSWORD = "s3cr3t-Pa55"
+
+SECRETS: dict[str, dict[str, str]] = {
+    "postgresql": {"host": "db", "port": "5432", "username": "app", "password": PASSWORD,
+                   "database": "bleater"},
+    "mongodb": {"uri": f"mongodb://app:{PASSWORD}@db:27017/"},
+    "minio": {"endpoint": "s3:9000", "accessKey": "app", "secretKey": PASSWORD},
+}
+LAST_RECORDS: dict[str, dict[str, str]] = {
+    "postgresql": {"table": "events", "column": "created_at"},
+    "mongodb": {"database": "bleater", "collection": "events", "field": "created_at"},
+    "minio": {"bucket": "bleater"},
+}
+NEWEST = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def service(service_type: str, *, last_record: bool = True) -> ServiceTarget:
+    return ServiceTarget.model_validate({
+        "name": f"my-{service_type}",
+        "type": service_type,
+        "pvcs": ["data"],
+        "connection": {"secretRef": {"name": f"{service_type}-credentials"}, "timeout": "2s"},
+        **({"lastRecord": LAST_RECORDS[service_type]} if last_record else {}),
+    })
+
+
+class FakeCluster:
+    """The Cluster port in memory; only Secrets are modelled (the service hooks read nothing else)."""
+
+    def __init__(self, secrets: Mapping[tuple[str, str], dict[str, str]] | None = None) -> None:
+        self.secrets = dict(secrets or {})
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        return self.secrets.get((namespace, name))
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"a service hook must not call Cluster.{name}")
+
+
+class FakePostgresSession:
+    """A PostgreSQL session: backup mode is a flag; `lost` makes every call fail like a dead one."""
+
+    def __init__(self) -> None:
+        self.in_backup = False
+        self.lost = False
+        self.closed = 0
+        self.newest_error: StepError | None = None
+
+    def _alive(self) -> None:
+        if self.lost or self.closed:
+            raise StepError("SessionLost", "the session to PostgreSQL has ended")
+
+    async def server_version(self) -> int:
+        self._alive()
+        return 150004
+
+    async def backup_start(self, label: str) -> str:
+        self._alive()
+        self.in_backup = True
+        return "0/2000028"
+
+    async def backup_stop(self) -> str:
+        self._alive()
+        if not self.in_backup:
+            raise StepError("BackupNotInProgress", "backup is not in progress")
+        self.in_backup = False
+        return "0/2000100"
+
+    async def newest_record(self, table: str | None, column: str | None,
+                            query: str | None) -> datetime | None:
+        self._alive()
+        if self.newest_error:
+            raise self.newest_error
+        return NEWEST
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+class FakeMongoServer:
+    """mongod's fsync lock count, shared by every FakeMongoSession (the lock is the server's)."""
+
+    def __init__(self, lock_count: int = 0) -> None:
+        self.lock_count = lock_count
+        self.unlock_calls = 0
+        self.stuck = False
+        """When True, fsyncUnlock never lowers the count (someone keeps re-locking)."""
+
+
+class FakeMongoSession:
+    def __init__(self, server: FakeMongoServer) -> None:
+        self.server = server
+        self.closed = 0
+
+    async def ping(self) -> None:
+        pass
+
+    async def fsync_lock(self) -> int:
+        self.server.lock_count += 1
+        return self.server.lock_count
+
+    async def fsync_unlock(self) -> int:
+        self.server.unlock_calls += 1
+        if self.server.lock_count == 0:
+            raise StepError("NotLocked", "fsyncUnlock called when not locked")
+        if not self.server.stuck:
+            self.server.lock_count -= 1
+        return self.server.lock_count
+
+    async def newest_record(self, database: str, collection: str, field: str) -> datetime | None:
+        return NEWEST
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+class FakeObjectStoreSession:
+    def __init__(self, buckets: set[str]) -> None:
+        self.buckets = buckets
+        self.closed = 0
+
+    async def check_bucket(self, bucket: str) -> bool:
+        return bucket in self.buckets
+
+    async def newest_object_time(self, bucket: str, prefix: str) -> datetime | None:
+        return NEWEST
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+class FakeConnectors:
+    """Hands out fake sessions and records what it was asked to connect with."""
+
+    def __init__(self, *, fail: StepError | None = None) -> None:
+        self.fail = fail
+        self.connected: list[Mapping[str, str]] = []
+        self.postgres_session = FakePostgresSession()
+        self.mongo_server = FakeMongoServer()
+        self.mongo_sessions: list[FakeMongoSession] = []
+        self.object_store_session = FakeObjectStoreSession({"bleater"})
+
+    def _connect(self, secret: Mapping[str, str]) -> None:
+        self.connected.append(secret)
+        if self.fail:
+            raise self.fail
+
+    async def postgres(self, secret: Mapping[str, str], timeout: float) -> FakePostgresSession:
+        self._connect(secret)
+        return self.postgres_session
+
+    async def mongo(self, secret: Mapping[str, str], timeout: float) -> FakeMongoSession:
+        self._connect(secret)
+        session = FakeMongoSession(self.mongo_server)
+        self.mongo_sessions.append(session)
+        return session
+
+    async def object_store(self, secret: Mapping[str, str],
+                           timeout: float) -> FakeObjectStoreSession:
+        self._connect(secret)
+        return self.object_store_session
+
+
+def context(cluster: Any, connectors: Any) -> HookContext:
+    return HookContext(namespace=NS, group="nightly-1", group_uid="uid-1", cluster=cluster,
+                       connectors=connectors, deadline=0.0)
+
+
+def with_secret(service_type: str, data: dict[str, str] | None = None) -> FakeCluster:
+    name = f"{service_type}-credentials"
+    return FakeCluster({(NS, name): SECRETS[service_type] if data is None else data})
+
+
+async def plan_one(service_type: str, cluster: Any, connectors: Any,
+                   target: ServiceTarget | None = None) -> ServiceHook:
+    hook_type = lookup(service_type)
+    assert hook_type is not None
+    hooks = await hook_type.plan(context(cluster, connectors), target or service(service_type),
+                                 PATH)
+    assert len(hooks) == 1
+    hook = hooks[0]
+    assert isinstance(hook, ServiceHook)
+    return hook
+
+
+# --- plan errors name the field to fix ------------------------------------------------------
+
+
+@pytest.mark.parametrize("service_type", ["postgresql", "mongodb", "minio"])
+async def test_missing_secret_names_secret_ref_and_touches_nothing(service_type: str) -> None:
+    connectors = FakeConnectors()
+    with pytest.raises(PlanError) as caught:
+        await plan_one(service_type, FakeCluster(), connectors)
+    assert caught.value.reason == "SecretNotFound"
+    assert caught.value.field_path == f"{PATH}.connection.secretRef.name"
+    assert f"{service_type}-credentials" in caught.value.message
+    assert connectors.connected == []
+
+
+@pytest.mark.parametrize(("service_type", "data", "missing"), [
+    ("postgresql", {"host": "db", "username": "app"}, "password"),
+    ("postgresql", {"host": "db", "password": PASSWORD}, "username (or user)"),
+    ("mongodb", {"username": "app", "password": PASSWORD}, "uri"),
+    ("minio", {"endpoint": "s3:9000", "accessKey": "app"}, "secretKey"),
+])
+async def test_incomplete_secret_names_the_missing_keys(
+    service_type: str, data: dict[str, str], missing: str
+) -> None:
+    connectors = FakeConnectors()
+    with pytest.raises(PlanError) as caught:
+        await plan_one(service_type, with_secret(service_type, data), connectors)
+    assert caught.value.reason == "SecretIncomplete"
+    assert caught.value.field_path == f"{PATH}.connection.secretRef.name"
+    assert f"lacks {missing};" in caught.value.message
+    assert PASSWORD not in str(caught.value)
+    assert connectors.connected == []
+
+
+async def test_postgres_secret_with_user_and_uri_alternatives_is_complete() -> None:
+    for data in ({"uri": f"postgresql://app:{PASSWORD}@db/bleater"},
+                 {"host": "db", "user": "app", "password": PASSWORD}):
+        connectors = FakeConnectors()
+        await plan_one("postgresql", with_secret("postgresql", data), connectors)
+        assert connectors.connected == [data]
+
+
+@pytest.mark.parametrize(("reason", "field"), [
+    ("AuthenticationFailed", "connection.secretRef.name"),
+    ("DatabaseUnreachable", "connection"),
+])
+async def test_connection_failure_at_plan_names_the_field(reason: str, field: str) -> None:
+    connectors = FakeConnectors(fail=StepError(reason, "cannot connect"))
+    with pytest.raises(PlanError) as caught:
+        await plan_one("mongodb", with_secret("mongodb"), connectors)
+    assert (caught.value.reason, caught.value.field_path) == (reason, f"{PATH}.{field}")
+
+
+async def test_postgres_missing_last_record_table_fails_plan_and_closes_session() -> None:
+    connectors = FakeConnectors()
+    connectors.postgres_session.newest_error = StepError(
+        "LastRecordNotFound", 'relation "events" does not exist')
+    with pytest.raises(PlanError) as caught:
+        await plan_one("postgresql", with_secret("postgresql"), connectors)
+    assert caught.value.reason == "LastRecordNotFound"
+    assert caught.value.field_path == f"{PATH}.lastRecord"
+    assert connectors.postgres_session.closed == 1
+
+
+async def test_minio_missing_bucket_names_last_record_bucket() -> None:
+    connectors = FakeConnectors()
+    connectors.object_store_session.buckets.clear()
+    with pytest.raises(PlanError) as caught:
+        await plan_one("minio", with_secret("minio"), connectors)
+    assert caught.value.reason == "LastRecordNotFound"
+    assert caught.value.field_path == f"{PATH}.lastRecord.bucket"
+    assert connectors.object_store_session.closed == 1
+
+
+# --- apply / undo ---------------------------------------------------------------------------
+
+
+async def test_postgres_backup_round_trip_records_lsns() -> None:
+    connectors = FakeConnectors()
+    hook = await plan_one("postgresql", with_secret("postgresql"), connectors)
+    assert hook.key == "service:my-postgresql"
+    assert hook.intent() == {"label": "snapgroup bleater/nightly-1 my-postgresql"}
+
+    record = await hook.apply()
+    assert record["startLsn"] == "0/2000028"
+    assert connectors.postgres_session.in_backup
+    assert await hook.newest_record() == NEWEST
+    message = await hook.undo(record)
+
+    assert not connectors.postgres_session.in_backup
+    assert "0/2000100" in message
+    assert hook.evidence() == {"serverVersion": "15.4", "backupStartLSN": "0/2000028",
+                               "backupStopLSN": "0/2000100"}
+    await hook.release()
+    await hook.release()
+    assert connectors.postgres_session.closed == 1
+
+
+async def test_postgres_undo_after_session_died_reports_instead_of_failing() -> None:
+    connectors = FakeConnectors()
+    hook = await plan_one("postgresql", with_secret("postgresql"), connectors)
+    record = await hook.apply()
+    connectors.postgres_session.lost = True
+
+    message = await hook.undo(record)
+
+    assert "ended with its session" in message
+    assert "backupStopLSN" not in hook.evidence()
+
+
+async def test_newest_record_is_none_without_last_record() -> None:
+    for service_type in ("postgresql", "mongodb", "minio"):
+        hook = await plan_one(service_type, with_secret(service_type), FakeConnectors(),
+                              service(service_type, last_record=False))
+        assert await hook.newest_record() is None
+
+
+async def test_mongo_undo_unlocks_down_to_the_count_before_the_group() -> None:
+    connectors = FakeConnectors()
+    connectors.mongo_server.lock_count = 1  # someone else's backup holds a lock already
+    hook = await plan_one("mongodb", with_secret("mongodb"), connectors)
+
+    record = await hook.apply()
+    assert (record["lockCountBefore"], record["lockCountAfterLock"]) == (1, 2)
+    connectors.mongo_server.lock_count = 3  # a nested lock arrived meanwhile
+    await hook.undo(record)
+
+    assert connectors.mongo_server.lock_count == 1
+    assert connectors.mongo_server.unlock_calls == 2
+    assert hook.evidence() == {"lockCountBefore": "1", "lockCountAfterLock": "2",
+                               "lockCountAfterUnlock": "1"}
+
+
+async def test_mongo_undo_gives_up_after_a_bounded_number_of_unlocks() -> None:
+    connectors = FakeConnectors()
+    hook = await plan_one("mongodb", with_secret("mongodb"), connectors)
+    record = await hook.apply()
+    connectors.mongo_server.stuck = True
+
+    with pytest.raises(StepError) as caught:
+        await hook.undo(record)
+    assert caught.value.reason == "UnlockIncomplete"
+    assert connectors.mongo_server.unlock_calls == MAX_UNLOCKS
+
+
+async def test_mongo_undo_when_someone_already_unlocked_is_not_an_error() -> None:
+    connectors = FakeConnectors()
+    hook = await plan_one("mongodb", with_secret("mongodb"), connectors)
+    record = await hook.apply()
+    connectors.mongo_server.lock_count = 0
+
+    message = await hook.undo(record)
+    assert "nothing to unlock" in message
+
+
+async def test_mongo_recover_reconnects_with_the_journaled_secret() -> None:
+    connectors = FakeConnectors()
+    cluster = with_secret("mongodb")
+    hook = await plan_one("mongodb", cluster, connectors)
+    record = await hook.apply()
+    await hook.release()  # the operator process is gone; the lock stays on the server
+
+    mongodb = lookup("mongodb")
+    assert mongodb is not None
+    message = await mongodb.recover(context(cluster, connectors), hook.key, record, True)
+
+    assert connectors.mongo_server.lock_count == 0
+    assert "lock count back to 0" in message
+    assert connectors.connected[-1] == SECRETS["mongodb"]
+    assert connectors.mongo_sessions[-1].closed == 1
+
+
+@pytest.mark.parametrize(("locked", "count_after"), [(True, 0), (False, 0)])
+async def test_mongo_recover_without_a_count_unlocks_only_a_held_lock(
+    locked: bool, count_after: int
+) -> None:
+    connectors = FakeConnectors()
+    cluster = with_secret("mongodb")
+    hook = await plan_one("mongodb", cluster, connectors)
+    intent = hook.intent()  # journaled before apply; the crash came before the record
+    connectors.mongo_server.lock_count = 1 if locked else 0
+
+    mongodb = lookup("mongodb")
+    assert mongodb is not None
+    message = await mongodb.recover(context(cluster, connectors), hook.key, intent, False)
+
+    assert connectors.mongo_server.lock_count == count_after
+    assert connectors.mongo_server.unlock_calls == 1
+    assert ("unlocked once" in message) == locked
+
+
+async def test_postgres_and_minio_recover_touch_nothing() -> None:
+    connectors = FakeConnectors()
+    for service_type in ("postgresql", "minio"):
+        hook_type = lookup(service_type)
+        assert hook_type is not None
+        message = await hook_type.recover(context(FakeCluster(), connectors),
+                                          f"service:{service_type}", {}, True)
+        assert message
+    assert connectors.connected == []
+
+
+# --- credentials never leak -----------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, never listened: connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def _secrets_for(service_type: str, port: int) -> dict[str, str]:
+    return {
+        "postgresql": {"uri": f"postgresql://app:{PASSWORD}@127.0.0.1:{port}/bleater"},
+        "mongodb": {"uri": f"mongodb://app:{PASSWORD}@127.0.0.1:{port}/"},
+        "minio": {"endpoint": f"127.0.0.1:{port}", "accessKey": "app", "secretKey": PASSWORD},
+    }[service_type]
+
+
+@pytest.mark.parametrize("service_type", ["postgresql", "mongodb", "minio"])
+async def test_unreachable_service_error_carries_no_credentials(
+    service_type: str, closed_port: int
+) -> None:
+    secret = _secrets_for(service_type, closed_port)
+    connectors = DatabaseConnectors()
+    with pytest.raises(PlanError) as caught:
+        await plan_one(service_type, with_secret(service_type, secret), connectors)
+    assert caught.value.reason == "DatabaseUnreachable"
+    assert caught.value.field_path == f"{PATH}.connection"
+    assert f"127.0.0.1:{closed_port}" in caught.value.message
+    assert PASSWORD not in str(caught.value)
+    assert PASSWORD not in repr(caught.value)
+
+
+@pytest.mark.parametrize("secret", [
+    {"uri": f"mongodb://app:{PASSWORD}@db:notaport/"},
+    {"uri": f"mongodb+srv://app:{PASSWORD}@db:27017/"},
+    {"uri": f"http://app:{PASSWORD}@db/"},
+])
+async def test_unusable_mongo_uri_error_carries_no_credentials(secret: dict[str, str]) -> None:
+    with pytest.raises(StepError) as caught:
+        await MongoConnection.open(secret, 1.0)
+    assert caught.value.reason == "SecretInvalid"
+    assert PASSWORD not in str(caught.value)
+
+
+async def test_session_reprs_carry_no_credentials(closed_port: int) -> None:
+    mongo = await MongoConnection.open(_secrets_for("mongodb", closed_port), 1.0)
+    store = await ObjectStoreConnection.open(_secrets_for("minio", closed_port), 1.0)
+    try:
+        for shown in (repr(mongo), repr(store), repr(mongo._address), repr(store._address)):
+            assert PASSWORD not in shown
+    finally:
+        await mongo.close()
+        await store.close()
+    with pytest.raises(StepError) as caught:
+        await PostgresConnection.open(_secrets_for("postgresql", closed_port), 1.0)
+    assert PASSWORD not in str(caught.value)
