@@ -3,7 +3,7 @@ PYTHON ?= python3
 STATE ?= $(CURDIR)/.localcluster
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help install binaries test check lint typecheck layers crds crds-check hadolint pytest \
+.PHONY: help install binaries test check lint typecheck layers crds crds-check hadolint go-test pytest \
         cluster-up cluster-down demo bench
 
 help:
@@ -18,7 +18,7 @@ install:
 binaries: install
 	$(PYTHON) -m localcluster build
 
-check: lint typecheck layers crds-check hadolint
+check: lint typecheck layers crds-check hadolint go-test
 
 lint:
 	ruff check operator tests
@@ -37,6 +37,11 @@ crds-check:
 
 hadolint:
 	hadolint Dockerfile
+
+# The local cluster's own Go code: the hostpath CSI driver and the S3 server.
+go-test:
+	cd tests/localcluster/go/controlplane && go vet ./cmd/... && go test ./cmd/...
+	cd tests/localcluster/go/services && go vet ./cmd/... && go test ./cmd/...
 
 # pytest exits 5 when it collects nothing (e.g. a filtered run): say so instead of failing.
 pytest: binaries

@@ -8,11 +8,14 @@ from typing import Any
 import kopf
 
 from snapgroup.api import GROUP, VERSION
-from snapgroup.api.labels import FINALIZER
+from snapgroup.api.labels import FINALIZER, SCHEDULE_LABEL
+from snapgroup.api.schedule import KIND as SCHEDULE_KIND
+from snapgroup.api.schedule import PLURAL as SCHEDULE_PLURAL
 from snapgroup.api.snapshotgroup import PLURAL
 from snapgroup.hooks.builtin import BUILTIN_HOOK_TYPES
 from snapgroup.orchestration.groups import GroupRunner
 from snapgroup.orchestration.journal import GroupRef
+from snapgroup.orchestration.scheduler import Scheduler, ScheduleRef
 from snapgroup.runtime import Runtime
 
 log = logging.getLogger("snapgroup.handlers")
@@ -69,3 +72,48 @@ async def group_resumed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 async def group_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A group being deleted: thaw whatever it holds before the finalizer goes."""
     await _runner(memo).deleted(_ref(body), dict(body.get("status", {})))
+
+
+# --- ScheduledSnapshotGroup: one loop per schedule, woken early by spec edits and finished groups ---
+
+
+def _scheduler(memo: kopf.Memo) -> Scheduler:
+    scheduler: Scheduler = memo["scheduler"]
+    return scheduler
+
+
+def _schedule_owner(body: kopf.Body) -> str | None:
+    owners = body["metadata"].get("ownerReferences") or []
+    return next((o["uid"] for o in owners if o.get("kind") == SCHEDULE_KIND and o.get("controller")), None)
+
+
+@kopf.on.startup()
+async def start_schedules(memo: kopf.Memo, **_: Any) -> None:
+    """Set up the scheduler over the runtime that `start` (registered, so run, before) connected."""
+    runtime: Runtime = memo["runtime"]
+    memo["scheduler"] = Scheduler(runtime.group_store)
+
+
+@kopf.daemon(GROUP, VERSION, SCHEDULE_PLURAL, cancellation_backoff=30.0, cancellation_timeout=10.0)
+async def schedule_loop(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
+    """Take a SnapshotGroup at every tick until the schedule is deleted or the operator stops."""
+    meta = body["metadata"]
+    await _scheduler(memo).run(ScheduleRef(meta["namespace"], meta["name"], meta["uid"]), stopped)
+
+
+@kopf.on.event(GROUP, VERSION, SCHEDULE_PLURAL)
+async def schedule_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the schedule's loop when its spec changed: the change applies from the next tick."""
+    meta = body["metadata"]
+    _scheduler(memo).spec_seen(meta["uid"], int(meta.get("generation", 1)))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, labels={SCHEDULE_LABEL: kopf.PRESENT})
+async def scheduled_group_changed(
+    body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any
+) -> None:
+    """Wake a group's schedule when the group finished or vanished: status and retention follow."""
+    phase = (body.get("status") or {}).get("phase")
+    _scheduler(memo).group_changed(
+        _schedule_owner(body), body["metadata"]["name"], phase, deleted=event["type"] == "DELETED"
+    )

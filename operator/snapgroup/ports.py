@@ -249,3 +249,63 @@ class Connectors(Protocol):
     async def object_store(self, secret: Mapping[str, str], timeout: float) -> ObjectStoreSession:
         """Connect to an S3 / MinIO endpoint."""
         ...
+
+
+# --- schedules ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduledGroup:
+    """A SnapshotGroup as the schedule that created it sees it."""
+
+    name: str
+    owner_uid: str | None
+    """uid of the ScheduledSnapshotGroup controlling it (its controller owner reference)."""
+    phase: str
+    """status.phase; Pending until the group runs."""
+    scheduled_time: datetime | None
+    """The tick it was taken for (its scheduled-time annotation)."""
+    created_at: datetime | None
+    completed_at: datetime | None
+    deleting: bool
+    """Deletion has begun (it has a deletionTimestamp)."""
+    keeps_snapshots: bool
+    """Its spec.snapshotDeletionPolicy is Retain: deleting it must leave its VolumeSnapshots."""
+
+
+class GroupStore(Protocol):
+    """ScheduledSnapshotGroups and the SnapshotGroups they create, as the scheduler sees them."""
+
+    async def get_schedule(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ScheduledSnapshotGroup as stored, or None when it does not exist."""
+        ...
+
+    async def list_groups(self, namespace: str, selector: str) -> list[ScheduledGroup]:
+        """SnapshotGroups matching a label selector."""
+        ...
+
+    async def get_group(self, namespace: str, name: str) -> ScheduledGroup | None:
+        """One SnapshotGroup, or None when it does not exist."""
+        ...
+
+    async def create_group(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a SnapshotGroup: True when created, False when one of that name exists already.
+
+        Raises StepError("TemplateRejected") when the API server refuses the object itself.
+        """
+        ...
+
+    async def delete_group(self, namespace: str, name: str, *, keep_snapshots: bool) -> None:
+        """Delete a SnapshotGroup, its VolumeSnapshots too unless keep_snapshots; a missing one
+        counts as deleted."""
+        ...
+
+    async def patch_schedule_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the ScheduledSnapshotGroup's status subresource (a None value removes a field)."""
+        ...
+
+    async def emit_schedule_event(
+        self, namespace: str, name: str, uid: str, event_type: EventType, reason: str, message: str,
+    ) -> None:
+        """Record a Kubernetes Event on the ScheduledSnapshotGroup."""
+        ...

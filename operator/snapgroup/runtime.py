@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from snapgroup.adapters.connectors import DatabaseConnectors
+from snapgroup.adapters.groupstore import KubeGroupStore
 from snapgroup.adapters.kube import KubeCluster, load_api_client
 from snapgroup.hooks.writers import restore_orphans
 from snapgroup.orchestration.groups import GroupRunner
@@ -24,6 +26,11 @@ class Runtime:
         cluster = KubeCluster(load_api_client(kubeconfig))
         connectors = DatabaseConnectors()
         return cls(cluster=cluster, connectors=connectors, runner=GroupRunner(cluster, connectors))
+
+    @cached_property
+    def group_store(self) -> KubeGroupStore:
+        """Schedules and their SnapshotGroups, over the same client as `cluster`."""
+        return KubeGroupStore(self.cluster)
 
     async def restore_orphans(self) -> list[str]:
         """Restore workloads isolated by groups that are gone or finished (e.g. after a crash)."""

@@ -80,7 +80,7 @@ def namespace(kubectl: Kubectl, crd_applied: str) -> Iterator[str]:
 def bleater_group(name: str, namespace: str) -> dict[str, Any]:
     """The design's bleater group; its targets do not exist in the test namespace, so an
     operator watching the cluster fails it at planning, touching nothing."""
-    return yaml.safe_load(f"""
+    group: dict[str, Any] = yaml.safe_load(f"""
 apiVersion: snapgroup.dev/v1alpha1
 kind: SnapshotGroup
 metadata: {{name: {name}, namespace: {namespace}}}
@@ -107,6 +107,7 @@ spec:
       connection: {{secretRef: {{name: minio-credentials}}}}
       lastRecord: {{bucket: bleater}}
 """)
+    return group
 
 
 def apply(kubectl: Kubectl, body: dict[str, Any]) -> subprocess.CompletedProcess[str]:

@@ -10,16 +10,15 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from snapgroup.adapters.kube import DEFAULT_SNAPSHOT_CLASS_ANNOTATION, KubeCluster, load_api_client
 from snapgroup.api import API_VERSION
+from snapgroup.api.crd import SNAPSHOT_GROUP
 from snapgroup.api.labels import GROUP_LABEL, ISOLATED_BY
 from snapgroup.api.snapshotgroup import KIND, PLURAL
 from snapgroup.ports import StepError
@@ -27,7 +26,6 @@ from snapgroup.ports import StepError
 pytestmark = pytest.mark.cluster
 
 PLACEHOLDER_IMAGE = "snapgroup.dev/placeholder:0.1"
-CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 WAIT = 90  # seconds for the control plane to act (bind a claim, cut a snapshot, ...)
 
 Objects = dict[str, dict[str, Any]]
@@ -330,11 +328,8 @@ async def test_api_errors_carry_the_servers_reason(namespace: str, kube: KubeClu
 
 @pytest.fixture(scope="module")
 def group_crd(api: client.ApiClient) -> None:
-    """The committed SnapshotGroup CRD, installed and established."""
-    files = sorted(CRD_DIR.glob("*snapshotgroups*.yaml"))
-    if not files:
-        pytest.skip(f"no SnapshotGroup CRD in {CRD_DIR}: generate it with `snapgroup crd` first")
-    crd = yaml.safe_load(files[0].read_text())
+    """The SnapshotGroup CRD generated from the API models, installed and established."""
+    crd = SNAPSHOT_GROUP.manifest()
     extensions = client.ApiextensionsV1Api(api)
     try:
         extensions.create_custom_resource_definition(crd)
@@ -343,11 +338,12 @@ def group_crd(api: client.ApiClient) -> None:
             raise
 
     def established(crds: Objects) -> bool:
-        conditions = crds.get(crd["metadata"]["name"], {}).get("status", {}).get("conditions", [])
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+        status = crds.get(SNAPSHOT_GROUP.name, {}).get("status") or {}
+        return any(c["type"] == "Established" and c["status"] == "True"
+                   for c in status.get("conditions") or [])
 
     watch_until(extensions.list_custom_resource_definition,
-                field_selector=f"metadata.name={crd['metadata']['name']}", done=established)
+                field_selector=f"metadata.name={SNAPSHOT_GROUP.name}", done=established)
 
 
 def create_group(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:

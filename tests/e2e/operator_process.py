@@ -40,7 +40,9 @@ class OperatorProcess:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start it and return once its health endpoint answers."""
+        """Start it (unless it runs) and return once its health endpoint answers."""
+        if self.process is not None and self.process.poll() is None:
+            return
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "operator"), env.get("PYTHONPATH")]))
         args = [

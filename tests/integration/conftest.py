@@ -241,9 +241,10 @@ def service_binaries() -> Path:
     except ImportError as exc:
         pytest.skip(f"localcluster.build is not available: {exc}")
     try:
-        return build.ensure_binaries()
+        directory: Path = build.ensure_binaries()
     except build.GoToolchainMissingError as exc:
         pytest.skip(str(exc))
+    return directory
 
 
 @dataclass

@@ -79,11 +79,12 @@ async def locked(client: Client) -> bool:
 async def start_held_insert(server: Any, writer: Client, doc: dict[str, Any],
                             eventually: Any) -> asyncio.Task[Any]:
     """Send an insert and return once the lock layer reports holding it."""
-    held_before = server.held_writes("insert")
+    held_before: int = server.held_writes("insert")
     insert = asyncio.create_task(writer.bleater.events.insert_one(doc))
 
     async def held() -> bool:
-        return server.held_writes("insert") > held_before
+        held_now: int = server.held_writes("insert")
+        return held_now > held_before
     await eventually(held, "the lock layer to hold the insert")
     return insert
 

@@ -5,8 +5,9 @@ backups in shared memory and, while it is above zero, forces full-page writes ev
 full_page_writes is off (the fixture turns it off). After a CHECKPOINT, the first change to a full
 heap page then logs an image of the whole page (about 8 kB of WAL) instead of a ~100-byte record.
 A second session measures the WAL its own UPDATE generates: large means a backup is running
-somewhere on the server, small means none is. (pg_is_in_backup() only ever reported the old
-exclusive backups, and a second session's pg_backup_stop() fails whatever other sessions do.)
+somewhere on the server, small means none is. (PostgreSQL 15 has no function that reports
+non-exclusive backups — pg_is_in_backup() covered exclusive ones and is gone — and a second
+session's pg_backup_stop() fails whatever other sessions do.)
 """
 
 from __future__ import annotations

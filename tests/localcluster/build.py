@@ -51,6 +51,13 @@ SERVICES_BINARIES = ("ferretdb", "s3server")
 # root go.etcd.io/etcd/server/v3, which Go names "server".
 _RENAMES = {"server": "etcd"}
 
+# Link flags for single programs. FerretDB, built as a dependency, finds itself the main module
+# in its build info and then requires build/version/version.txt, which its release tooling
+# writes and its module zip lacks: the binary would panic at start ("Invalid
+# build/version/version.txt file content"). Without module build info it skips that check and
+# reports its version as "unknown".
+_EXTRA_LDFLAGS = {"github.com/FerretDB/FerretDB/cmd/ferretdb": "-X runtime.modinfo="}
+
 # Where build() puts the VolumeSnapshot CRDs of the snapshot client module, so that starting a
 # cluster needs no Go toolchain and no module cache.
 SNAPSHOT_CRDS_DIR = "manifests/volumesnapshot-crds"
@@ -62,7 +69,7 @@ _SNAPSHOT_CRD_FILES = (
 )
 
 # Part of the cache key: a change here must produce a new directory.
-_RECIPE_VERSION = "2"
+_RECIPE_VERSION = "3"
 
 # Keep this many superseded builds besides the current one (each is several hundred MB).
 _KEEP_OLD_BUILDS = 1
@@ -117,8 +124,8 @@ def _ldflags(k8s_version: str) -> str:
     )
 
 
-def _build_flags(k8s_version: str) -> list[str]:
-    return ["-trimpath", "-ldflags", _ldflags(k8s_version)]
+def _build_flags(k8s_version: str, extra_ldflags: str = "") -> list[str]:
+    return ["-trimpath", "-ldflags", f"{_ldflags(k8s_version)} {extra_ldflags}".strip()]
 
 
 def cache_key() -> str:
@@ -126,6 +133,7 @@ def cache_key() -> str:
     digest = hashlib.sha256()
     digest.update(f"recipe {_RECIPE_VERSION}\n".encode())
     digest.update(" ".join(_build_flags(kubernetes_version())).encode() + b"\n")
+    digest.update(json.dumps(_EXTRA_LDFLAGS, sort_keys=True).encode() + b"\n")
     for module in modules():
         sources = [p for p in module.rglob("*.go") if not p.name.endswith("_test.go")]
         files = [module / "go.mod", module / "go.sum", *sources]
@@ -199,11 +207,17 @@ def _build_into(staging: Path) -> None:
             f"building {module.name} module ({len(packages)} programs) into {staging.parent};"
             " a cold build takes several minutes on 2 cores, later builds reuse Go's build cache"
         )
-        _go(
-            module,
-            ["build", "-v", *_build_flags(k8s_version), "-o", f"{staging}/", *packages],
-            label=module.name,
-        )
+        # One `go build` for all programs that share flags: it compiles shared packages once.
+        groups: dict[str, list[str]] = {}
+        for package in packages:
+            groups.setdefault(_EXTRA_LDFLAGS.get(package, ""), []).append(package)
+        for extra, group in groups.items():
+            flags = _build_flags(k8s_version, extra)
+            _go(
+                module,
+                ["build", "-v", *flags, "-o", f"{staging}/", *group],
+                label=module.name,
+            )
         seconds = round(time.monotonic() - module_started, 1)
         info["modules"][module.name] = {"packages": packages, "seconds": seconds}  # type: ignore[index]
         _progress(f"{module.name} module built in {seconds:.0f}s")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import http.client
 import ipaddress
@@ -32,6 +33,7 @@ import os
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -63,6 +65,7 @@ SNAPSHOT_CLASS = "csi-hostpath-snapclass"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 _LOG_TAIL_LINES = 30
+_NODE_ADDRESS_LOCK = "/tmp/snapgroup-localcluster-node.lock"
 _POLL_SECONDS = 0.2
 
 # Seconds between SIGTERM and SIGKILL. The node emulator stops every pod first, and pods have
@@ -96,6 +99,7 @@ class _Component:
     ready: Callable[[], bool]
     timeout: float = 60.0
     env: dict[str, str] | None = None
+    pass_fds: tuple[int, ...] = ()
 
 
 @dataclass
@@ -164,16 +168,26 @@ class LocalCluster:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def up(self, *, apply_bleater: bool = False, bleater_timeout: float = 300.0) -> None:
+    def up(
+        self,
+        *,
+        apply_bleater: bool = False,
+        bleater_timeout: float = 300.0,
+        wait_for_other_cluster: float = 0.0,
+    ) -> None:
         """Start every component, install the storage classes, and write the kubeconfig.
 
         With apply_bleater, also apply ``deploy/samples/bleater`` and wait until its workloads'
-        pods are Running and Ready. On failure everything started is stopped again and a
+        pods are Running and Ready. Only one cluster with a node emulator can run on a machine
+        (see :meth:`_claim_node_addresses`); wait_for_other_cluster is how many seconds to wait
+        for another one to stop. On failure everything started is stopped again and a
         :class:`ComponentError` (or :class:`ClusterError`) says what failed.
         """
+        if self._running and not any(_alive(r) for r in self._running.values()):
+            self.down()  # stopped without `down` (a reboot, a kill): clear the records
         if self._running:
             alive = [r.name for r in self._running.values() if _alive(r)]
-            if alive and not self.failed_components():
+            if not self.failed_components():
                 _progress(f"already running (state dir {self.state_dir})")
                 if apply_bleater:
                     self.apply_bleater(timeout=bleater_timeout)
@@ -182,10 +196,14 @@ class LocalCluster:
                 f"a cluster in {self.state_dir} is partly running ({', '.join(alive) or 'none'}"
                 " alive); run `python -m localcluster down` first"
             )
-        started = time.monotonic()
         bin_dir = self.bin_dir
+        node_lock = None
+        if self.node_emulator:
+            node_lock = self._claim_node_addresses(wait=wait_for_other_cluster)
+        started = time.monotonic()
         for sub in ("logs", "csi", "node", "etcd", "pki"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        _make_searchable(self.csi_dir)
         self._csi_socket.parent.mkdir(parents=True, exist_ok=True)
         _ensure_pki(self._pki)
         self._choose_ports()
@@ -201,12 +219,18 @@ class LocalCluster:
                 self._csi_provisioner(bin_dir),
                 self._csi_snapshotter(bin_dir),
             ]
-            if self.node_emulator:
-                rest.append(self._node_emulator(bin_dir))
+            if node_lock is not None:
+                rest.append(self._node_emulator(bin_dir, node_lock))
             self._start_and_wait(rest, also_wait=[kcm])
         except BaseException:
-            self.down()
+            try:
+                self.down()
+            except ClusterError as exc:  # the original error matters more
+                _progress(f"cleaning up after the failed start: {exc}")
             raise
+        finally:
+            if node_lock is not None:
+                os.close(node_lock)  # the node emulator holds it from now on
         _progress(f"cluster up in {time.monotonic() - started:.1f}s; kubeconfig {self.kubeconfig}")
         if apply_bleater:
             self.apply_bleater(timeout=bleater_timeout)
@@ -248,7 +272,14 @@ class LocalCluster:
         specs = {c.name: c for c in self._component_specs()}
         if name not in specs:
             raise ClusterError(f"no component named {name!r}; known: {', '.join(specs)}")
-        self._start_and_wait([specs[name]])
+        if name != "node-emulator":
+            self._start_and_wait([specs[name]])
+            return
+        node_lock = self._claim_node_addresses()
+        try:
+            self._start_and_wait([self._node_emulator(self.bin_dir, node_lock)])
+        finally:
+            os.close(node_lock)
 
     def component_health(self) -> dict[str, str]:
         """Return each recorded component's health: ``"ok"`` or what is wrong with it."""
@@ -263,6 +294,10 @@ class LocalCluster:
             except Exception as exc:
                 health[name] = f"running, not ready: {exc}"
         return health
+
+    def pids(self) -> dict[str, int]:
+        """Return the pid of every component started and not stopped by :meth:`down`."""
+        return {name: running.pid for name, running in self._running.items()}
 
     def failed_components(self) -> dict[str, str]:
         """Return the components that have died since they started, each with its log tail."""
@@ -340,6 +375,9 @@ class LocalCluster:
             if failed:
                 name, detail = next(iter(failed.items()))
                 raise ComponentError(name, "exited while the bleater sample started", detail)
+            unrunnable = self._events("bleater", reason="ImageNotEmulated")
+            if unrunnable:
+                raise ClusterError("the node emulator cannot run a bleater image: " + "; ".join(unrunnable))
             if time.monotonic() > deadline:
                 raise ClusterError(
                     f"bleater pods not Running/Ready after {timeout:.0f}s: {problem}\n"
@@ -376,6 +414,14 @@ class LocalCluster:
             if phase != "Running" or not ready:
                 return f"pod {pod['metadata']['name']}: phase {phase}, ready {ready}"
         return None
+
+    def _events(self, namespace: str, reason: str) -> list[str]:
+        events = self.api("GET", f"/api/v1/namespaces/{namespace}/events")["items"]
+        return [
+            f"{e['involvedObject'].get('name')}: {e.get('message')}"
+            for e in events
+            if e.get("reason") == reason
+        ]
 
     def _recent_events(self, namespace: str, count: int = 15) -> str:
         try:
@@ -450,6 +496,16 @@ class LocalCluster:
                 # Loopback ClusterIPs: the node emulator's service proxy binds them locally.
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--authorization-mode=RBAC",
+                # The Endpoints of the `kubernetes` Service would hold 127.0.0.1, which
+                # Endpoints validation rejects (loopback); nothing here needs them.
+                "--endpoint-reconciler-type=none",
+                # Publishes a request-header CA, which the controller manager's delegated
+                # authentication insists on; no front proxy holds a certificate for it.
+                f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 "--allow-privileged=true",
                 "--profiling=false",
             ],
@@ -473,8 +529,12 @@ class LocalCluster:
                 f"--cert-dir={pki / 'kcm-generated'}",
                 "--leader-elect=false",
                 # The node emulator is the only node: nothing may taint it or evict its pods
-                # because a heartbeat came late on a busy machine.
-                "--controllers=*,-node-lifecycle-controller,-taint-eviction-controller",
+                # because a heartbeat came late on a busy machine. Endpoints and
+                # EndpointSlices cannot hold loopback pod IPs (validation rejects them), so
+                # their controllers would only retry and post warning Events on every
+                # Service; the node emulator's service proxy selects pods itself.
+                "--controllers=*,-node-lifecycle-controller,-taint-eviction-controller,"
+                "-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller",
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
                 f"--cluster-signing-cert-file={pki / 'ca.crt'}",
@@ -551,7 +611,7 @@ class LocalCluster:
             ready=lambda: _unix_socket_accepts(sock),
         )
 
-    def _node_emulator(self, bin_dir: Path) -> _Component:
+    def _node_emulator(self, bin_dir: Path, address_lock: int = -1) -> _Component:
         python_path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p)
         return _Component(
             "node-emulator",
@@ -570,7 +630,41 @@ class LocalCluster:
             ],
             ready=self._node_ready,
             env={**os.environ, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1"},
+            # Inherited and kept open for the emulator's lifetime: see _claim_node_addresses.
+            pass_fds=(address_lock,) if address_lock >= 0 else (),
         )
+
+    def _claim_node_addresses(self, wait: float = 0.0) -> int:
+        """Take the machine-wide lock on the loopback addresses a node emulator binds.
+
+        Service ClusterIPs (some pinned, like the bleater sample's) and pod IPs are loopback
+        addresses, so two clusters with node emulators on one machine would take each other's
+        ports. The lock is a file lock whose descriptor the node emulator inherits: it is
+        released when that process ends, however it ends. Returns the descriptor.
+        """
+        fd = os.open(_NODE_ADDRESS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = Path(_NODE_ADDRESS_LOCK).read_text().strip() or "unknown"
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise ClusterError(
+                        "another local cluster's node emulator is running on this machine"
+                        f" ({holder}); pod and Service IPs would collide. Stop that cluster"
+                        " first (`python -m localcluster down --state-dir DIR`)."
+                    ) from None
+                if not announced:
+                    _progress(f"waiting up to {wait:.0f}s for another local cluster to stop ({holder})")
+                    announced = True
+                time.sleep(1.0)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"state dir {self.state_dir}, started by pid {os.getpid()}\n".encode())
+        return fd
 
     def _node_ready(self) -> bool:
         status, node = self._api_client().request("GET", f"/api/v1/nodes/{NODE_NAME}")
@@ -599,6 +693,7 @@ class LocalCluster:
                 cwd=self.state_dir,
                 env=component.env,
                 start_new_session=True,
+                pass_fds=component.pass_fds,
             )
         try:
             create_time = psutil.Process(popen.pid).create_time()
@@ -675,7 +770,7 @@ class LocalCluster:
             code = running.popen.poll()
             if code is not None:
                 return f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
-        return "exited"
+        return "exited (exit status unknown: not started by this process)"
 
     # --- cluster resources -------------------------------------------------------------------
 
@@ -736,7 +831,8 @@ class LocalCluster:
         self._ports = {k: int(v) for k, v in state.get("ports", {}).items()}
         if state.get("bin_dir"):
             self._bin_dir = Path(state["bin_dir"])
-        self.node_emulator = bool(state.get("node_emulator", self.node_emulator))
+        if state.get("components"):  # a running cluster keeps the setting it started with
+            self.node_emulator = bool(state.get("node_emulator", self.node_emulator))
         self._running = {
             name: _Running(name, int(c["pid"]), float(c["create_time"]), list(c["argv"]))
             for name, c in state.get("components", {}).items()
@@ -847,8 +943,8 @@ def _kill_leftovers(sessions: set[int], state_dir: Path) -> None:
     """
     markers = (f"{state_dir}/csi/", f"{state_dir}/node/")
     me = os.getpid()
-    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
-        if proc.pid == me:
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline", "status"]):
+        if proc.pid == me or proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         try:
             in_session = os.getsid(proc.pid) in sessions
@@ -859,6 +955,19 @@ def _kill_leftovers(sessions: set[int], state_dir: Path) -> None:
                 proc.kill()
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
+
+
+def _make_searchable(directory: Path) -> None:
+    """Let every user traverse (not list) the path to directory.
+
+    Pods run as unprivileged users (PostgreSQL as ``postgres``) on volume directories under
+    the state dir, and pytest's temporary directories are private (0700).
+    """
+    for path in [directory, *directory.parents]:
+        mode = path.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            _progress(f"allowing other users to traverse {path} (pods run as other users)")
+            path.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
 
 
 # --- HTTP ------------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     cluster = LocalCluster(tmp_path_factory.mktemp("localcluster"))
     started = time.monotonic()
     try:
-        cluster.up(apply_bleater=True)
+        # Cluster sessions on one machine take turns (they would share loopback addresses);
+        # the wait stays well inside pytest-timeout's 600 s for the first test.
+        cluster.up(apply_bleater=True, wait_for_other_cluster=300)
         print(
             f"local cluster with bleater ready in {time.monotonic() - started:.1f}s "
             f"(KUBECONFIG={cluster.kubeconfig})",

@@ -351,9 +351,10 @@ class _ProxiedConnection:
         finally:
             for task in (to_upstream, to_client):
                 task.cancel()
-            for task in (to_upstream, to_client):
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-                    await task
+            outcomes = await asyncio.gather(to_upstream, to_client, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, Exception) and not isinstance(outcome, ConnectionError | OSError):
+                    log.warning("conn %d: closed after an error: %r", self.conn_id, outcome)
             for _ in range(len(self.pending_writes)):
                 await self.proxy.fsync_lock.end_write()
             self.pending_writes.clear()

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -211,11 +211,10 @@ class Writer:
     mongo: MongoStandIn
     s3: S3Server
     log_dir: Path
-    runs: int = 0
+    started: list[Process] = field(default_factory=list)
 
     def start(self) -> Process:
         """Start ``python -m localcluster.datawriter`` (a new log file per run)."""
-        self.runs += 1
         env = python_env(
             {
                 "PGHOST": "127.0.0.1",
@@ -232,7 +231,9 @@ class Writer:
             }
         )
         argv = [sys.executable, "-m", "localcluster.datawriter"]
-        return start_process(f"datawriter-{self.runs}", argv, self.log_dir, env=env)
+        process = start_process(f"datawriter-{len(self.started) + 1}", argv, self.log_dir, env=env)
+        self.started.append(process)
+        return process
 
     def stop(self, process: Process) -> None:
         """SIGTERM; the writer must exit 0 within the pod's 10 s grace period."""
@@ -303,8 +304,11 @@ class Writer:
 def writer(
     postgres: PostgresServer, mongo: MongoStandIn, s3: S3Server, bin_dir: Path, tmp_path: Path
 ) -> Iterator[Writer]:
-    """The three services, S3 not started yet."""
-    yield Writer(postgres, mongo, s3, tmp_path)
+    """The three services, S3 not started yet; writers still running at the end are stopped."""
+    writer = Writer(postgres, mongo, s3, tmp_path)
+    yield writer
+    for process in writer.started:
+        process.stop()
 
 
 def test_writes_contiguous_records_to_all_three_and_stops_on_sigterm(writer: Writer, bin_dir: Path) -> None:
@@ -376,3 +380,24 @@ def test_sigterm_while_a_service_is_down_exits_zero(writer: Writer) -> None:
     process = writer.start()
     wait_until(lambda: "s3: create bucket failed" in process.log_text(), "the writer to retry S3")
     writer.stop(process)
+
+
+def test_writer_waits_out_an_fsync_lock(writer: Writer, bin_dir: Path) -> None:
+    writer.s3.start(bin_dir, writer.log_dir)
+    process = writer.start()
+    writer.wait_for_pg_seq(2, process)
+
+    locker = writer.mongo.client()
+    assert locker.admin.command("fsync", lock=True)["lockCount"] == 1
+    wait_until(
+        lambda: ": insert held by the fsync lock" in writer.mongo.lock_layer.log_text(),
+        "the writer's insert to be held by the fsync lock",
+    )
+    held_at = max(writer.mongo_records())
+    assert max(writer.mongo_records()) == held_at, "MongoDB was written while fsync-locked"
+    assert process.popen.poll() is None
+
+    assert locker.admin.command("fsyncUnlock")["lockCount"] == 0
+    writer.wait_for_pg_seq(held_at + 3, process)
+    writer.stop(process)
+    writer.assert_consistent()

@@ -341,18 +341,25 @@ def test_structural_check_catches_what_the_api_server_would_refuse(
 
 def test_write_and_check_crds_report_drift(tmp_path: Path) -> None:
     written = write_crds(tmp_path)
-    assert [p.name for p in written] == ["snapgroup.dev_snapshotgroups.yaml"]
-    text = written[0].read_text(encoding="utf-8")
-    assert text.startswith("# Generated from snapgroup.api models by `snapgroup crd`; do not edit.\n")
-    assert "&id" not in text, "shared sub-schemas must be written out, not anchored"
-    assert yaml.safe_load(text) == SNAPSHOT_GROUP.manifest()
+    assert sorted(p.name for p in written) == sorted(r.file_name for r in RESOURCES)
+    assert "snapgroup.dev_snapshotgroups.yaml" in [p.name for p in written]
+    for resource in RESOURCES:
+        text = (tmp_path / resource.file_name).read_text(encoding="utf-8")
+        assert text.startswith(
+            "# Generated from snapgroup.api models by `snapgroup crd`; do not edit.\n"
+        )
+        assert "&id" not in text, "shared sub-schemas must be written out, not anchored"
+        assert yaml.safe_load(text) == resource.manifest()
     assert check_crds(tmp_path) == []
 
-    written[0].write_text(text.replace("Immutable once", "Mutable once"), encoding="utf-8")
+    group_file = tmp_path / SNAPSHOT_GROUP.file_name
+    text = group_file.read_text(encoding="utf-8")
+    group_file.write_text(text.replace("Immutable once", "Mutable once"), encoding="utf-8")
     (tmp_path / "snapgroup.dev_oldthings.yaml").write_text("{}\n", encoding="utf-8")
-    assert check_crds(tmp_path) == ["snapgroup.dev_oldthings.yaml", "snapgroup.dev_snapshotgroups.yaml"]
-    written[0].unlink()
-    assert "snapgroup.dev_snapshotgroups.yaml" in check_crds(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text("resources: []\n", encoding="utf-8")
+    assert check_crds(tmp_path) == ["snapgroup.dev_oldthings.yaml", SNAPSHOT_GROUP.file_name]
+    group_file.unlink()
+    assert SNAPSHOT_GROUP.file_name in check_crds(tmp_path)
 
 
 def test_rendering_is_stable() -> None:

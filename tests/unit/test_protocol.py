@@ -238,6 +238,10 @@ async def test_happy_path_orders_isolate_quiesce_cut_record_resume_then_ready() 
     assert status.snapshots_ready == "2/2"
     assert all(h.state == HookState.UNDONE for h in status.hooks)
     assert status.freeze is not None and status.freeze.seconds is not None
+    breakdown = status.freeze.breakdown
+    assert {"isolate", "quiesce", "cut", "record", "resume", "waitingOnPods", "waitingOnCut",
+            "operator"} <= set(breakdown)
+    assert 0 <= breakdown["operator"] <= status.freeze.seconds
     assert [s.evidence for s in status.services] == [{"fake": "service:postgres"},
                                                      {"fake": "service:mongodb"}]
     assert ("Normal", "Succeeded") in {(t, r) for t, r, _ in cluster.events}

@@ -8,7 +8,7 @@ adapters against a loopback port nobody listens on, so the messages checked are 
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -418,7 +418,7 @@ async def test_postgres_and_minio_recover_touch_nothing() -> None:
 
 
 @pytest.fixture
-def closed_port() -> int:
+def closed_port() -> Iterator[int]:
     """A loopback port nothing listens on (bound, never listened: connections are refused)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -45,7 +45,15 @@ def _positive_duration(text: str) -> str:
 
 Duration = Annotated[
     str,
-    Field(pattern=DURATION_PATTERN, json_schema_extra={"example": "60s"}),
+    Field(
+        pattern=DURATION_PATTERN,
+        json_schema_extra={
+            "example": "60s",
+            "x-kubernetes-validations": [
+                {"rule": "duration(self) > duration('0s')", "message": "must be longer than zero"}
+            ],
+        },
+    ),
     AfterValidator(_positive_duration),
 ]
 DnsLabel = Annotated[

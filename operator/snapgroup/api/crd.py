@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel
 
 from snapgroup.api import GROUP, VERSION
+from snapgroup.api.schedule import ScheduledSnapshotGroupSpec, ScheduledSnapshotGroupStatus
 from snapgroup.api.snapshotgroup import SnapshotGroupSpec, SnapshotGroupStatus
 
 HEADER = "# Generated from snapgroup.api models by `snapgroup crd`; do not edit.\n"
@@ -184,6 +185,31 @@ SNAPSHOT_GROUP = CustomResource(
 RESOURCES: tuple[CustomResource, ...] = (
     # One entry per kind of the API; each becomes crds/<group>_<plural>.yaml.
     SNAPSHOT_GROUP,
+    CustomResource(
+        "ScheduledSnapshotGroup", ScheduledSnapshotGroupSpec, ScheduledSnapshotGroupStatus,
+        short_names=("ssg",),
+        columns=(
+            PrinterColumn("Schedule", ".spec.schedule", "string", "When groups are taken."),
+            PrinterColumn("Suspend", ".spec.suspend", "boolean", "No new groups while true."),
+            PrinterColumn(
+                "Ready", '.status.conditions[?(@.type=="Ready")].status', "string",
+                "The schedule is valid and taking groups.",
+            ),
+            PrinterColumn(
+                "Last Schedule", ".status.lastScheduleTime", "date", "Time since the newest tick handled.",
+            ),
+            PrinterColumn(
+                "Last Success", ".status.lastSuccessfulGroup", "string",
+                "The newest group that succeeded.",
+            ),
+            PrinterColumn("Age", ".metadata.creationTimestamp", "date", "Time since it was created."),
+            PrinterColumn("Next", ".status.nextScheduleTime", "string", "The next tick.", priority=1),
+            PrinterColumn(
+                "Message", '.status.conditions[?(@.type=="Ready")].message', "string",
+                "What the Ready condition says.", priority=1,
+            ),
+        ),
+    ),
 )
 
 

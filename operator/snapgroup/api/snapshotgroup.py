@@ -33,6 +33,15 @@ class WriterTarget(ApiModel):
     (a terminating pod still writes); afterwards it is scaled back to its original replicas.
     """
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.name) != has(self.selector)",
+                 "message": "set exactly one of name and selector"},
+            ]
+        }
+    )
+
     kind: WorkloadKind = "Deployment"
     """Kind of the workload: Deployment or StatefulSet."""
     name: ObjectName | None = None
@@ -194,7 +203,10 @@ class SnapshotGroupSpec(ApiModel):
     at once and the group fails with FreezeBudgetExceeded."""
     writers: list[WriterTarget] = Field(default_factory=list)
     """Application workloads to isolate during the cut."""
-    services: list[ServiceTarget] = Field(min_length=1)
+    services: list[ServiceTarget] = Field(
+        min_length=1,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     """Services to quiesce and snapshot."""
     hooks: Hooks = Field(default_factory=Hooks)
     """Extra hooks from the registry."""
@@ -241,6 +253,10 @@ class FreezeWindow(ApiModel):
     """When the last resume step finished."""
     seconds: float | None = None
     """Length of the window."""
+    breakdown: dict[str, float] = Field(default_factory=dict)
+    """Where the window went, in seconds: per step (isolate, quiesce, cut, record, resume),
+    waitingOnPods (writer pods to terminate), waitingOnCut (the CSI driver), and operator (the
+    rest: the operator's own share)."""
 
 
 class VolumeSnapshotStatus(ApiModel):

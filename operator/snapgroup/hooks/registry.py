@@ -7,8 +7,11 @@ bound hook's intent, applies it, journals the undo record, and always undoes wha
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -18,6 +21,37 @@ from snapgroup.ports import Cluster, Connectors
 
 UndoRecord = dict[str, Any]
 ParamsT = TypeVar("ParamsT", bound=BaseModel)
+
+
+@dataclass
+class WaitClock:
+    """Wall-clock intervals spent waiting on others (pods to go, the CSI driver to cut).
+
+    The freeze window minus these is the operator's own share of it.
+    """
+
+    intervals: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    @asynccontextmanager
+    async def waiting(self, on: str) -> AsyncIterator[None]:
+        """Count the body as time spent waiting on `on`."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.intervals.setdefault(on, []).append((start, time.monotonic()))
+
+    def seconds(self, on: str | None = None) -> float:
+        """Length of the union of the intervals (of one kind, or of all): overlaps count once."""
+        spans = sorted(
+            span for kind, found in self.intervals.items() if on is None or kind == on for span in found
+        )
+        total, end = 0.0, float("-inf")
+        for start, stop in spans:
+            if stop > end:
+                total += stop - max(start, end)
+                end = stop
+        return total
 
 
 @dataclass
@@ -34,6 +68,8 @@ class HookContext:
     connectors: Connectors
     deadline: float = float("inf")
     """Monotonic time by which the freeze window must be closed."""
+    waits: WaitClock = field(default_factory=WaitClock)
+    """Where hooks and the protocol account for time spent waiting on others."""
 
 
 class BoundHook(ABC):

@@ -16,6 +16,9 @@ from snapgroup.ports import Cluster, EventType
 
 log = logging.getLogger("snapgroup.journal")
 
+FLUSH_BACKOFF = (0.1, 0.3, 0.6, 1.0, 2.0, 3.0, 4.0, 5.0)
+"""Pauses between attempts to write the journal: about 16 s in all."""
+
 CONDITION_TYPES = ("Succeeded", "Quiesced", "SnapshotsCut", "SnapshotsReady", "Consistent")
 
 
@@ -53,9 +56,23 @@ class Journal:
         self._events: set[asyncio.Task[None]] = set()
 
     async def flush(self) -> None:
-        """Persist the whole status now (a merge patch of the status subresource)."""
+        """Persist the whole status now (a merge patch of the status subresource).
+
+        Retried with backoff for a bounded time: a journal write lost to a passing API server
+        outage must not turn into a step taken without its record.
+        """
         self.status.observed_generation = self.ref.generation
-        await self.cluster.patch_group_status(self.ref.namespace, self.ref.name, self.status.wire())
+        body = self.status.wire()
+        for pause in (*FLUSH_BACKOFF, None):
+            try:
+                await self.cluster.patch_group_status(self.ref.namespace, self.ref.name, body)
+                return
+            except Exception as exc:
+                if pause is None:
+                    raise
+                log.warning("status of %s/%s not written (%s); retrying in %.1fs",
+                            self.ref.namespace, self.ref.name, exc, pause)
+                await asyncio.sleep(pause)
 
     def condition(self, type_: str, status: ConditionStatus, reason: str, message: str = "") -> None:
         """Set a condition; lastTransitionTime moves only when its status changes."""

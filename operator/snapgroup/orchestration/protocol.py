@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from snapgroup import metrics
+from snapgroup import failpoints, metrics
 from snapgroup.api.snapshotgroup import (
     FreezeWindow,
     HookState,
@@ -42,8 +42,10 @@ from snapgroup.ports import SnapshotInfo, StepError
 
 log = logging.getLogger("snapgroup.protocol")
 
-UNDO_ATTEMPTS = 3
-UNDO_BACKOFF = (0.2, 0.5)
+UNDO_BACKOFF = (0.2, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
+"""Pauses between attempts of one undo: about 16 s in all, enough to ride out an API server
+restart, short enough that a broken target is reported rather than retried forever."""
+UNDO_ATTEMPTS = len(UNDO_BACKOFF) + 1
 WAIT_TIMEOUT = 3600.0
 """How long a group waits for another group holding its targets before it fails."""
 READY_TIMEOUT = 600.0
@@ -113,6 +115,7 @@ class GroupRun:
             detail = "; ".join(f"{p.field_path}: {p.message}" for p in plan.problems)
             return StepError(plan.problems[0].reason, f"nothing was touched: {detail}")
         self.journal.event("Normal", "Planned", self._describe(plan))
+        await failpoints.reached("plan")
         try:
             return await self._freeze(plan)
         finally:
@@ -226,9 +229,11 @@ class GroupRun:
         if hook.key.startswith("writer:"):
             metrics.WRITERS_ISOLATED.inc()
         try:
-            return await hook.apply()
+            record = await hook.apply()
         finally:
             metrics.HOOK_SECONDS.labels(hook.type, "apply").observe(time.monotonic() - t0)
+        await failpoints.reached(f"apply:{hook.key}")
+        return record
 
     async def _cut(self, services: list[PlannedService], snapshot_class: str) -> None:
         j, ctx = self.journal, self.ctx
@@ -249,19 +254,25 @@ class GroupRun:
                               service=s.target.name, pvc=pvc, snapshot_class=snapshot_class)
             for s in services for pvc in s.pvcs
         ]
-        await asyncio.gather(*(ctx.cluster.create_snapshot(ctx.namespace, m) for m in manifests))
+        await asyncio.gather(*(self._create_snapshot(m) for m in manifests))
         metrics.SNAPSHOTS_CREATED.inc(len(manifests))
         names = {m["metadata"]["name"] for m in manifests}
-        infos = await ctx.cluster.wait_snapshots(
-            ctx.namespace, group_selector(ctx.group), names, "cut",
-            timeout=max(0.0, ctx.deadline - time.monotonic()))
+        async with ctx.waits.waiting("cut"):
+            infos = await ctx.cluster.wait_snapshots(
+                ctx.namespace, group_selector(ctx.group), names, "cut",
+                timeout=max(0.0, ctx.deadline - time.monotonic()))
         self._apply_snapshot_infos(infos)
         metrics.CUT_SECONDS.observe(time.monotonic() - t0)
         times = [i.creation_time for i in infos.values() if i.creation_time is not None]
         j.status.earliest_snapshot_time = min(times) if times else None
+        await failpoints.reached("cut")
         j.condition("SnapshotsCut", "True", "AllCut", f"{len(names)} snapshot(s) cut")
         j.event("Normal", "SnapshotsCut", f"{len(names)} snapshot(s) cut")
         self.timings.mark("cut", time.monotonic() - t0)
+
+    async def _create_snapshot(self, manifest: dict[str, Any]) -> None:
+        await self.ctx.cluster.create_snapshot(self.ctx.namespace, manifest)
+        await failpoints.reached(f"create:{manifest['metadata']['name']}")
 
     async def _record(self, services: list[PlannedService]) -> None:
         t0 = time.monotonic()
@@ -269,6 +280,7 @@ class GroupRun:
         for svc_status, stamp in zip(self.journal.status.services, times, strict=True):
             svc_status.last_record_time = stamp
         self.timings.mark("record", time.monotonic() - t0)
+        await failpoints.reached("record")
 
     # -- always: resume -----------------------------------------------------------------
 
@@ -283,8 +295,17 @@ class GroupRun:
             await j.flush()
         if j.status.freeze is not None:
             j.status.freeze.end = now()
-            j.status.freeze.seconds = round(time.monotonic() - started, 3)
-            metrics.FREEZE_SECONDS.observe(j.status.freeze.seconds)
+            seconds = time.monotonic() - started
+            j.status.freeze.seconds = round(seconds, 3)
+            metrics.FREEZE_SECONDS.observe(seconds)
+            self.timings.mark("resume", time.monotonic() - t0)
+            waits = self.ctx.waits
+            j.status.freeze.breakdown = {
+                **{step: round(s, 3) for step, s in self.timings.marks.items()},
+                "waitingOnPods": round(waits.seconds("pods"), 3),
+                "waitingOnCut": round(waits.seconds("cut"), 3),
+                "operator": round(seconds - waits.seconds(), 3),
+            }
         j.status.writers = self._writer_statuses()
         by_name = {s.name: s for s in j.status.services}
         for hook in self._service_hooks():
@@ -292,7 +313,6 @@ class GroupRun:
             if svc_status is not None:
                 svc_status.evidence = hook.evidence()
         j.condition("Quiesced", "False", "Resumed", "writers restored and services resumed")
-        self.timings.mark("resume", time.monotonic() - t0)
 
     async def _undo(self, hook: BoundHook, record: UndoRecord) -> None:
         t0 = time.monotonic()
@@ -317,6 +337,7 @@ class GroupRun:
                        message=f"undo failed after {UNDO_ATTEMPTS} attempts: {text}")
                 j.event("Warning", "UndoFailed", f"{hook.key}: {text}")
                 return
+            await failpoints.reached(f"undo:{hook.key}")
             j.mark(hook.key, hook.type, "Post", HookState.UNDONE, message=message)
             j.event("Normal", "HookUndone", f"{hook.key}: {message}")
             return

@@ -146,19 +146,28 @@ class ContainerProcesses:
             return_when=asyncio.FIRST_COMPLETED,
         )
         code = next(iter(done)).result()
-        await self._kill_all()
+        await self.kill_all()
         return code
 
     async def stop(self, grace_seconds: float) -> None:
         """Send each leader its stop signal, wait up to `grace_seconds`, then kill everything."""
-        for process in self.processes:
-            process.signal(process.spec.stop_signal)
-        pending = [asyncio.ensure_future(p.exited) for p in self.processes if p.running]
+        self.send_stop_signals()
+        pending = self.pending_exits()
         if pending:
             await asyncio.wait(pending, timeout=max(grace_seconds, 0.0))
-        await self._kill_all()
+        await self.kill_all()
 
-    async def _kill_all(self) -> None:
+    def send_stop_signals(self) -> None:
+        """The graceful part of stopping: each leader gets its stop signal."""
+        for process in self.processes:
+            process.signal(process.spec.stop_signal)
+
+    def pending_exits(self) -> list[asyncio.Future[int]]:
+        """The exits still to come."""
+        return [p.exited for p in self.processes if p.running]
+
+    async def kill_all(self) -> None:
+        """SIGKILL every process group of the container and wait until all are gone."""
         for process in self.processes:
             # Also after the leader exited: whatever it started dies with the container.
             process.kill_group()

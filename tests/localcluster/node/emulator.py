@@ -9,11 +9,11 @@ import logging
 import signal
 from pathlib import Path
 
-from .addresses import PodAddressPool
+from .addresses import PodAddressPool, first_address_for
 from .containers import kill_recorded_processes
 from .informer import Informer
 from .kubeapi import KubeClient, object_path
-from .kubelet import Kubelet, NodeConfig, pods_bound_to
+from .kubelet import Kubelet, NodeConfig, bound_pod_uids
 from .registration import NodeRegistration
 from .services import ServiceProxy
 from .volumes import VolumeResolver
@@ -39,7 +39,8 @@ async def run_node(kubeconfig: Path, config: NodeConfig, stop: asyncio.Event | N
 
     client = KubeClient(kubeconfig)
     registration = NodeRegistration(client, config.node_name)
-    await registration.register()
+    if not await _register(registration, stop):
+        return
     heartbeat = asyncio.create_task(registration.keep_alive())
 
     services = Informer(client, object_path(None, "services"), loop)
@@ -49,8 +50,11 @@ async def run_node(kubeconfig: Path, config: NodeConfig, stop: asyncio.Event | N
 
     proxy = ServiceProxy(pods)
     services.add_listener(proxy.on_service_event)
+    pods.add_listener(proxy.on_pod_event)
     volumes = VolumeResolver(client, claims, persistent_volumes, config.csi_dir)
-    kubelet = Kubelet(client, config, services, volumes, PodAddressPool())
+    kubelet = Kubelet(
+        client, config, services, volumes, PodAddressPool(first=first_address_for(config.state_dir))
+    )
 
     # Pods start only once Services (for their env) and volumes are known.
     for informer in (services, claims, persistent_volumes):
@@ -60,7 +64,7 @@ async def run_node(kubeconfig: Path, config: NodeConfig, stop: asyncio.Event | N
     pods.start()
     await _wait_synced([pods], stop)
     if pods.synced.is_set():
-        kubelet.forget_orphan_pod_dirs(pods_bound_to(pods, config.node_name)())
+        kubelet.forget_orphan_pod_dirs(bound_pod_uids(pods, config.node_name))
         log.info("node %s is up (state in %s)", config.node_name, config.state_dir)
 
     await stop.wait()
@@ -71,6 +75,21 @@ async def run_node(kubeconfig: Path, config: NodeConfig, stop: asyncio.Event | N
     await kubelet.shutdown()
     await proxy.close()
     log.info("node emulator stopped")
+
+
+async def _register(registration: NodeRegistration, stop: asyncio.Event) -> bool:
+    """Register the Node, retrying while the API server is not answering; False if stopped."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await registration.register()
+            return True
+        except Exception as error:
+            log.warning("cannot register the node yet (%s); retrying in %.1fs", error, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+    return False
 
 
 async def _wait_synced(informers: list[Informer], stop: asyncio.Event) -> None:

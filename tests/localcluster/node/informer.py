@@ -35,6 +35,44 @@ def object_key(obj: JSON) -> ObjectKey:
     return (meta.get("namespace", ""), meta["name"])
 
 
+class CacheChanges:
+    """Wakes whoever waits for a cache to change (e.g. a pod for its claim to be bound).
+
+    Changes are counted, so a waiter that read the count before its attempt never misses a
+    change that happened while it was busy reporting the failure.
+    """
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    @property
+    def waiting(self) -> int:
+        """How many are waiting now."""
+        return len(self._waiters)
+
+    def notify(self, _kind: str = "", _obj: object = None) -> None:
+        """Count a change and wake every waiter (an informer listener)."""
+        self.generation += 1
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self, since: int, timeout: float) -> None:
+        """Return once a change after generation `since` happened, or after `timeout` seconds."""
+        if self.generation != since:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(waiter)
+
+
 class Informer:
     """A cache of one collection kept current by list+watch, with change listeners."""
 

@@ -1,6 +1,6 @@
 """A small JSON client for the Kubernetes API, built on the `kubernetes` package's kubeconfig loader.
 
-The node emulator works with plain dicts (the API's own JSON) rather than the generated
+The node emulator works with plain dicts (the API's own JSON) rather than the client library's
 models: it reads a few fields of many objects and writes strategic-merge patches, and
 dicts keep both cheap. Every call is blocking; the asyncio side runs them in threads
 through `KubeClient.call`.

@@ -14,13 +14,12 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .addresses import PodAddressPool
+from .addresses import PodAddressPool, listening_addresses
 from .containers import (
     ContainerProcesses,
     LocalProcess,
@@ -283,13 +282,18 @@ class ContainerRunner:
             probe.cancel()
         worker.record_processes()
         finished = format_time(datetime.now(UTC))
-        terminated = {
+        terminated: JSON = {
             "exitCode": code,
             "reason": "Completed" if code == 0 else "Error",
             "startedAt": format_time(started_at),
             "finishedAt": finished,
             "containerID": self.container_id,
         }
+        if code < 0:
+            # Killed by a signal: container runtimes report 128 + the signal number.
+            terminated["exitCode"] = 128 - code
+            terminated["signal"] = -code
+            code = 128 - code
         log.info("%s: container %s exited with %d", worker.key, self.name, code)
         self._append_log(f"container {self.name} exited with {code}")
         self.last_state = {"terminated": terminated}
@@ -349,6 +353,7 @@ class PodWorker:
         self.sandbox_ready = False
         self.unknown_images: list[tuple[str, str]] = []
         self._deletion = asyncio.Event()
+        self._grace_changed = asyncio.Event()
         self._gone = False
         self._shutdown = False
         self._dirty = asyncio.Event()
@@ -360,14 +365,18 @@ class PodWorker:
 
     def update(self, pod: JSON) -> None:
         """A newer version of the pod arrived."""
+        previous_grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
         self.pod = pod
         if pod["metadata"].get("deletionTimestamp"):
             self._deletion.set()
+            if pod["metadata"].get("deletionGracePeriodSeconds") != previous_grace:
+                self._grace_changed.set()
 
     def gone(self) -> None:
         """The pod object was removed from the API (force delete or final delete)."""
         self._gone = True
         self._deletion.set()
+        self._grace_changed.set()
 
     def shut_down(self) -> None:
         """Stop the pod's processes because the emulator exits (the pod stays in the API)."""
@@ -382,6 +391,7 @@ class PodWorker:
         try:
             if not self._deletion.is_set() and not self._terminal():
                 live = asyncio.create_task(self._live())
+                live.add_done_callback(self._log_failure)
                 self._tasks.append(live)
             await self._deletion.wait()
             await self._terminate()
@@ -389,6 +399,10 @@ class PodWorker:
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
+
+    def _log_failure(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: pod setup failed", self.key, exc_info=task.exception())
 
     def _terminal(self) -> bool:
         return (self.pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
@@ -437,10 +451,13 @@ class PodWorker:
         """Pod IP, directories and volumes; waits while a volume is not ready."""
         kubelet = self.kubelet
         previous_ip = (self.pod.get("status") or {}).get("podIP", "")
-        if not (previous_ip and kubelet.addresses.reserve(self.uid, previous_ip)):
-            self.pod_ip = kubelet.addresses.allocate(self.uid)
-        else:
+        # Something listening on the address is not ours: this node's earlier processes were
+        # stopped or killed before pods start (another cluster's pods, most likely).
+        busy = listening_addresses()
+        if previous_ip and previous_ip not in busy and kubelet.addresses.reserve(self.uid, previous_ip):
             self.pod_ip = previous_ip
+        else:
+            self.pod_ip = kubelet.addresses.allocate(self.uid, busy)
         self.pod_dir.mkdir(parents=True, exist_ok=True)
         kubelet.config.logs_dir.mkdir(parents=True, exist_ok=True)
         # Unix sockets (PostgreSQL's) need a short path: keep them out of the state dir.
@@ -448,13 +465,15 @@ class PodWorker:
         self.sandbox_ready = True
         self.status_changed()
         while True:
+            generation = kubelet.volumes.changes.generation
             try:
                 self.mounts = await kubelet.volumes.mount_all(self.pod, self.pod_dir, self.addresses())
                 return
             except (VolumeNotReady, ApiError, OSError) as error:
                 log.info("%s: waiting for volumes: %s", self.key, error)
                 await self.events.pod_event(self.pod, "Warning", "FailedMount", str(error))
-                await kubelet.volumes.changes.wait(timeout=5.0)
+                # Secrets and ConfigMaps are not watched: the timeout retries those.
+                await kubelet.volumes.changes.wait(generation, timeout=5.0)
 
     def addresses(self) -> PodAddresses:
         """The downward API's pod and host IP."""
@@ -518,7 +537,8 @@ class PodWorker:
         with contextlib.suppress(OSError):
             record_processes(self.pod_dir, processes)
 
-    async def _terminate(self) -> None:
+    def grace_seconds(self) -> float:
+        """How long the pod's processes may take to stop, as things stand now."""
         meta = self.pod["metadata"]
         spec = self.pod.get("spec", {})
         grace = float(
@@ -528,21 +548,26 @@ class PodWorker:
         )
         if self._shutdown:
             grace = min(grace, self.kubelet.config.shutdown_grace_seconds)
-        elif self._gone:
+        if self._gone:
             # Force-deleted: the object is gone already; stop quickly but not brutally.
             grace = min(grace, 2.0)
+        return grace
+
+    async def _terminate(self) -> None:
         log.info(
-            "%s: stopping (grace %.0fs%s)", self.key, grace, ", node shutting down" if self._shutdown else ""
+            "%s: stopping (grace %.0fs%s)",
+            self.key,
+            self.grace_seconds(),
+            ", node shutting down" if self._shutdown else "",
         )
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Failures were logged when they happened; stopping goes on regardless.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         running = [
             runner.processes for runner in self.init_runners + self.runners if runner.processes is not None
         ]
-        await asyncio.gather(*(processes.stop(grace) for processes in running))
+        await self._stop_within_grace(running)
         for runner in self.runners:
             runner.ready = False
         self.record_processes()
@@ -556,6 +581,25 @@ class PodWorker:
         log.info("%s: processes stopped", self.key)
         if not self._gone:
             await self._final_delete()
+
+    async def _stop_within_grace(self, running: list[ContainerProcesses]) -> None:
+        # Like the kubelet, a later, shorter grace period (a second delete, a force delete)
+        # cuts the wait short.
+        began = time.monotonic()
+        for processes in running:
+            processes.send_stop_signals()
+        while True:
+            pending: list[asyncio.Future[Any]] = [
+                exited for processes in running for exited in processes.pending_exits()
+            ]
+            remaining = began + self.grace_seconds() - time.monotonic()
+            if not pending or remaining <= 0:
+                break
+            self._grace_changed.clear()
+            changed = asyncio.create_task(self._grace_changed.wait())
+            await asyncio.wait([*pending, changed], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+        await asyncio.gather(*(processes.kill_all() for processes in running))
 
     async def _final_delete(self) -> None:
         # The kubelet's last word: remove the object now that nothing of it runs.
@@ -627,9 +671,10 @@ class PodWorker:
             "lastProbeTime": None,
             "lastTransitionTime": previous[1],
         }
-        if reason and not ok:
-            condition["reason"] = reason
-            condition["message"] = message
+        # Explicit nulls: the status is sent as a strategic merge patch, which would otherwise
+        # keep the reason of an earlier False next to a True.
+        condition["reason"] = reason if reason and not ok else None
+        condition["message"] = message if reason and not ok else None
         return condition
 
     def build_status(self) -> JSON:
@@ -640,8 +685,8 @@ class PodWorker:
             "startTime": self.start_time,
         }
         if self.unknown_images:
-            statuses = [
-                {
+            unknown = {
+                name: {
                     "name": name,
                     "image": image,
                     "imageID": "",
@@ -656,13 +701,16 @@ class PodWorker:
                     },
                 }
                 for name, image in self.unknown_images
-            ]
-            known = [r.status() for r in self.runners]
+            }
+            spec = self.pod.get("spec", {})
             status["phase"] = "Pending"
-            status["containerStatuses"] = sorted(
-                [s for s in statuses if s["name"] not in {r.name for r in self.init_runners}] + known,
-                key=lambda s: str(s["name"]),
+            status["containerStatuses"] = _in_spec_order(
+                spec.get("containers"), unknown, [r.status() for r in self.runners]
             )
+            if spec.get("initContainers"):
+                status["initContainerStatuses"] = _in_spec_order(
+                    spec.get("initContainers"), unknown, [r.status() for r in self.init_runners]
+                )
             status["conditions"] = [
                 self._condition("PodReadyToStartContainers", False),
                 self._condition(
@@ -747,6 +795,12 @@ class PodWorker:
         if stopped and self.restart_policy == "Never":
             return "Failed"
         return "Running"
+
+
+def _in_spec_order(containers: list[JSON] | None, unknown: dict[str, JSON], known: list[JSON]) -> list[JSON]:
+    """Statuses of `containers` in the order the pod spec lists them."""
+    by_name = {**unknown, **{s["name"]: s for s in known}}
+    return [by_name[c["name"]] for c in containers or [] if c["name"] in by_name]
 
 
 class Kubelet:
@@ -881,14 +935,10 @@ class Kubelet:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def pods_bound_to(pods: Informer, node_name: str) -> Callable[[], set[str]]:
-    """A function giving the uids of the cached pods bound to `node_name`."""
-
-    def uids() -> set[str]:
-        return {
-            pod["metadata"]["uid"]
-            for pod in pods.objects.values()
-            if pod.get("spec", {}).get("nodeName") == node_name
-        }
-
-    return uids
+def bound_pod_uids(pods: Informer, node_name: str) -> set[str]:
+    """The uids of the cached pods bound to `node_name`."""
+    return {
+        pod["metadata"]["uid"]
+        for pod in pods.objects.values()
+        if pod.get("spec", {}).get("nodeName") == node_name
+    }

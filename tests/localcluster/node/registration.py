@@ -254,8 +254,18 @@ class NodeRegistration:
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
-                await self.renew_lease()
                 await self.report_status(heartbeat_only=True)
+                await self.renew_lease()
+            except ApiError as error:
+                if error.status == 404:
+                    # The Node was deleted: register again, as the kubelet does.
+                    log.warning("node %s is gone; registering it again", self._node_name)
+                    try:
+                        await self.register()
+                    except Exception as again:
+                        log.warning("registering the node again failed: %s", again)
+                else:
+                    log.warning("node heartbeat failed: %s", error)
             except Exception as error:
                 # A missed beat is retried at the next tick; the lease lasts four of them.
                 log.warning("node heartbeat failed: %s", error)

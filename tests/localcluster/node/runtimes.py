@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from .access import AccessDenied, ensure_reachable
 from .containers import ProcessSpec, run_to_completion
 
 JSON = dict[str, Any]
@@ -135,25 +136,15 @@ def _chown_tree(path: Path, user: str) -> None:
                 os.lchown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
 
 
-def _check_reachable(path: Path, user: str) -> None:
-    """Fail clearly when `user` cannot traverse the directories above `path`."""
+def _ensure_reachable(path: Path, user: str) -> None:
     try:
-        entry = pwd.getpwnam(user)
+        pwd.getpwnam(user)
     except KeyError as error:
         raise ContainerStartError(f"OS user {user!r} does not exist") from error
-    for ancestor in path.resolve().parents:
-        info = ancestor.stat()
-        if info.st_uid == entry.pw_uid:
-            allowed = bool(info.st_mode & 0o100)
-        elif info.st_gid == entry.pw_gid:
-            allowed = bool(info.st_mode & 0o010)
-        else:
-            allowed = bool(info.st_mode & 0o001)
-        if not allowed:
-            raise ContainerStartError(
-                f"user {user!r} cannot reach {path}: {ancestor} is not searchable by it "
-                f"(chmod o+x {ancestor}, or use a state directory outside it)"
-            )
+    try:
+        ensure_reachable(user, path)
+    except AccessDenied as error:
+        raise ContainerStartError(str(error)) from error
 
 
 def _append_line(path: Path, line: str) -> None:
@@ -220,8 +211,8 @@ class PostgresRuntime:
 
     def _own_volume(self, ctx: ContainerContext) -> bool:
         """Give the volume to the postgres user; True if the data directory needs initdb."""
-        _check_reachable(ctx.data_dir, self.user)
-        _check_reachable(ctx.run_dir, self.user)
+        _ensure_reachable(ctx.data_dir, self.user)
+        _ensure_reachable(ctx.run_dir, self.user)
         _chown(ctx.data_dir, self.user)
         _chown(ctx.run_dir, self.user)
         pgdata = self._pgdata(ctx)
@@ -348,7 +339,12 @@ class PostgresRuntime:
 
 class MongoStandInRuntime:
     """Stand-in for mongod: FerretDB (SQLite backend) on podIP:27018, fronted by the
-    `localcluster.mongolock` layer on the container port, which adds the fsync lock."""
+    `localcluster.mongolock` layer on the container port, which adds the fsync lock.
+
+    Like the mongo image, MONGO_INITDB_ROOT_USERNAME/PASSWORD turn authentication on and
+    create that user in `admin` when the data directory has no `admin` database yet
+    (FerretDB's SCRAM authentication, still marked experimental in FerretDB 1.24).
+    """
 
     description = "MongoDB stand-in: FerretDB (SQLite) behind localcluster.mongolock"
     ferretdb_port: ClassVar[int] = 27018
@@ -384,8 +380,19 @@ class MongoStandInRuntime:
             "--upstream",
             upstream,
         ]
+        ferretdb_env = ctx.base_env()
+        root_user = ctx.env.get("MONGO_INITDB_ROOT_USERNAME", "")
+        root_password = ctx.env.get("MONGO_INITDB_ROOT_PASSWORD", "")
+        if root_user and root_password:
+            ferretdb += [
+                "--test-enable-new-auth",
+                "--setup-database=admin",
+                f"--setup-username={root_user}",
+            ]
+            # In the environment rather than argv, which any local user can read.
+            ferretdb_env["FERRETDB_SETUP_PASSWORD"] = root_password
         return [
-            ProcessSpec(ferretdb, ctx.base_env(), ctx.pod_dir),
+            ProcessSpec(ferretdb, ferretdb_env, ctx.pod_dir),
             ProcessSpec(lock_layer, ctx.python_env(), ctx.pod_dir),
         ]
 

@@ -16,11 +16,12 @@ import itertools
 import logging
 import socket
 import struct
-from collections.abc import Iterable
+import time
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .informer import DELETED, ObjectKey, object_key
+from .informer import DELETED, CacheChanges, ObjectKey, object_key
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ JSON = dict[str, Any]
 
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 CONNECT_TIMEOUT_SECONDS = 3.0
+NO_ENDPOINT_WAIT_SECONDS = 1.0
+LISTEN_RETRY_SECONDS = 5.0
 BUFFER_BYTES = 256 * 1024
 
 
@@ -115,20 +118,43 @@ class ServiceProxy:
 
     def __init__(self, pods: PodCache) -> None:
         self._pods = pods
+        # Notified of every pod change (see `on_pod_event`).
+        self.pod_changes = CacheChanges()
         self._bindings: dict[tuple[str, int], PortBinding] = {}
+        self._services: dict[ObjectKey, JSON] = {}
+        self._retrying: set[ObjectKey] = set()
+        self._unavailable: set[tuple[str, int]] = set()
         self._counter = itertools.count()
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[None]] = set()
 
+    def on_pod_event(self, kind: str, pod: JSON) -> None:
+        """Informer listener for pods: wakes connections waiting for a Ready pod."""
+        self.pod_changes.notify()
+
     def on_service_event(self, kind: str, service: JSON) -> None:
         """Informer listener for Services."""
-        task = asyncio.create_task(self._sync(object_key(service), None if kind == DELETED else service))
+        key = object_key(service)
+        if kind == DELETED:
+            self._services.pop(key, None)
+        else:
+            self._services[key] = service
+        self._run(self._sync(key))
+
+    def _run(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _sync(self, key: ObjectKey, service: JSON | None) -> None:
+    async def _retry_later(self, key: ObjectKey) -> None:
+        await asyncio.sleep(LISTEN_RETRY_SECONDS)
+        self._retrying.discard(key)
+        await self._sync(key)
+
+    async def _sync(self, key: ObjectKey) -> None:
         async with self._lock:
+            service = self._services.get(key)
             wanted = {
                 address: (selector, target)
                 for address, selector, target in (proxied_ports(service) if service else [])
@@ -157,9 +183,24 @@ class ServiceProxy:
                 limit=BUFFER_BYTES,
             )
         except OSError as error:
-            log.error("cannot listen on %s:%d for service %s/%s: %s", host, port, *binding.service, error)
+            # Most likely another local cluster serves the same pinned address; try again
+            # later, so this one takes over once that one is gone.
+            if binding.address not in self._unavailable:
+                self._unavailable.add(binding.address)
+                log.error(
+                    "cannot listen on %s:%d for service %s/%s: %s (retrying every %.0fs)",
+                    host,
+                    port,
+                    *binding.service,
+                    error,
+                    LISTEN_RETRY_SECONDS,
+                )
+            if binding.service not in self._retrying:
+                self._retrying.add(binding.service)
+                self._run(self._retry_later(binding.service))
             return
         self._bindings[binding.address] = binding
+        self._unavailable.discard(binding.address)
         log.info(
             "service %s/%s: proxying %s:%d -> pods %s port %s",
             *binding.service,
@@ -193,7 +234,16 @@ class ServiceProxy:
         self, binding: PortBinding, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         namespace = binding.service[0]
-        candidates = backends(self._pods.in_namespace(namespace), binding.selector, binding.target_port)
+        # A pod that just turned Ready may not be in this cache yet (a client that saw it
+        # Ready through the API can be a few milliseconds ahead): wait a moment for one.
+        deadline = time.monotonic() + NO_ENDPOINT_WAIT_SECONDS
+        while True:
+            generation = self.pod_changes.generation
+            candidates = backends(self._pods.in_namespace(namespace), binding.selector, binding.target_port)
+            remaining = deadline - time.monotonic()
+            if candidates or remaining <= 0:
+                break
+            await self.pod_changes.wait(generation, remaining)
         if not candidates:
             log.debug("service %s/%s has no ready pod; refusing a connection", *binding.service)
             _reset(writer)

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from localcluster.node.addresses import AddressesExhausted, PodAddressPool
+from localcluster.node.addresses import (
+    AddressesExhausted,
+    PodAddressPool,
+    first_address_for,
+    listening_addresses,
+)
 from localcluster.node.runtimes import (
     DataWriterRuntime,
     MongoStandInRuntime,
@@ -48,6 +53,46 @@ def test_reserve_keeps_an_address_across_restarts_but_never_doubles_it() -> None
     assert pool.reserve("a", "127.10.3.4")
     assert not pool.reserve("c", "10.0.0.1")
     assert pool.allocate("a") == "127.10.3.4"
+
+
+def test_allocation_continues_after_reserved_addresses() -> None:
+    pool = PodAddressPool()
+    assert pool.reserve("old", "127.10.0.9")
+    assert pool.allocate("new") == "127.10.0.10"
+
+
+def test_addresses_busy_on_the_host_are_skipped() -> None:
+    pool = PodAddressPool()
+    assert pool.allocate("a", busy={"127.10.0.2", "127.10.0.3"}) == "127.10.0.4"
+
+
+def test_listening_addresses_reads_the_kernel_table(tmp_path: Path) -> None:
+    table = tmp_path / "tcp"
+    table.write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue\n"
+        "   0: 02000A7F:1538 00000000:0000 0A 00000000:00000000\n"  # 127.10.0.2:5432 LISTEN
+        "   1: 03000A7F:9C40 0100007F:1538 01 00000000:00000000\n"  # 127.10.0.3 ESTABLISHED
+    )
+    assert listening_addresses(table) == {"127.10.0.2"}
+
+
+def test_listening_addresses_sees_a_real_listener() -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.10.254.254", 0))
+        server.listen()
+        assert "127.10.254.254" in listening_addresses()
+
+
+def test_each_state_dir_starts_in_its_own_subnet(tmp_path: Path) -> None:
+    first = first_address_for(tmp_path / "a")
+    assert first == first_address_for(tmp_path / "a")
+    assert first.endswith(".2")
+    assert ipaddress.IPv4Address(first) in ipaddress.IPv4Network("127.10.0.0/16")
+    starts = {first_address_for(tmp_path / str(i)) for i in range(20)}
+    assert len(starts) > 10
+    assert PodAddressPool(first=first).allocate("a") == first
 
 
 def test_exhaustion_is_reported() -> None:

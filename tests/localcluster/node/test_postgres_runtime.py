@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from localcluster.node.addresses import listening_addresses
 from localcluster.node.containers import ContainerProcesses, spawn
 from localcluster.node.runtimes import (
     DEFAULT_POSTGRES_BIN_DIR,
@@ -39,6 +40,15 @@ def world_dir() -> Iterator[Path]:
     directory.chmod(0o755)
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def _free_address() -> str:
+    # A pod address nothing listens on, not even a local cluster running at the same time.
+    busy = listening_addresses()
+    while True:
+        address = f"127.10.{random.randint(0, 255)}.{random.randint(2, 254)}"
+        if address not in busy:
+            return address
 
 
 def _context(base: Path, pod_ip: str) -> ContainerContext:
@@ -102,7 +112,7 @@ def _query(ctx: ContainerContext, sql: str, password: str = "s3cret pass") -> ob
 
 
 async def test_initdb_password_auth_restart_and_fast_shutdown(world_dir: Path) -> None:
-    ctx = _context(world_dir, f"127.10.252.{random.randint(2, 250)}")
+    ctx = _context(world_dir, _free_address())
     container = await _start(ctx)
     assert (ctx.data_dir / "pgdata" / "PG_VERSION").read_text().strip() == "15"
     assert await asyncio.to_thread(_query, ctx, "select current_database()") == "bleater"
@@ -125,7 +135,7 @@ async def test_initdb_password_auth_restart_and_fast_shutdown(world_dir: Path) -
 
 
 async def test_stale_pid_file_from_a_snapshot_is_removed(world_dir: Path) -> None:
-    ctx = _context(world_dir, f"127.10.253.{random.randint(2, 250)}")
+    ctx = _context(world_dir, _free_address())
     container = await _start(ctx)
     await container.stop(grace_seconds=20)
     # A restored snapshot carries the pid file of the server that was live at the cut;

@@ -176,3 +176,30 @@ async def test_proxy_follows_service_changes(
         raise AssertionError("the proxy kept listening after the Service was deleted")
     first.close()
     second.close()
+
+
+async def test_a_connection_waits_briefly_for_a_pod_turning_ready(
+    proxy_setup: tuple[ServiceProxy, PodList, str],
+) -> None:
+    proxy, pods, service_ip = proxy_setup
+    server = await _echo_server("127.10.250.6", b"R:")
+    port = server.sockets[0].getsockname()[1]
+    pods.pods = [_pod("a", "127.10.250.6", ready=False)]
+    proxy.on_service_event("ADDED", _service(service_ip, 15435, port))
+    await _wait_listening(service_ip, 15435)
+
+    reader, writer = await asyncio.open_connection(service_ip, 15435)
+    writer.write(b"hi")
+    writer.write_eof()
+    for _ in range(250):
+        if proxy.pod_changes.waiting:
+            break
+        await asyncio.sleep(0.004)
+    else:
+        raise AssertionError("the connection never waited for a Ready pod")
+    # The pod turns Ready while the connection waits for it.
+    pods.pods = [_pod("a", "127.10.250.6")]
+    proxy.on_pod_event("MODIFIED", pods.pods[0])
+    assert await asyncio.wait_for(reader.read(-1), 5) == b"R:hi"
+    writer.close()
+    server.close()

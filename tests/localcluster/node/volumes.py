@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from .environment import (
     decode_secret_data,
     field_value,
 )
-from .informer import Informer
+from .informer import CacheChanges, Informer
 from .kubeapi import ApiError, KubeClient, object_path
 
 log = logging.getLogger(__name__)
@@ -34,31 +33,6 @@ JSON = dict[str, Any]
 
 class VolumeNotReady(Exception):
     """A volume cannot be set up yet (claim unbound, PV or data directory missing)."""
-
-
-class VolumeChanges:
-    """Wakes pods waiting for a volume whenever a PersistentVolume(Claim) changes."""
-
-    def __init__(self) -> None:
-        self._waiters: set[asyncio.Future[None]] = set()
-
-    def notify(self, _kind: str = "", _obj: object = None) -> None:
-        """Wake every waiter (an informer listener)."""
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
-
-    async def wait(self, timeout: float) -> None:
-        """Return at the next change, or after `timeout` seconds."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.add(waiter)
-        try:
-            await asyncio.wait_for(waiter, timeout)
-        except TimeoutError:
-            pass
-        finally:
-            self._waiters.discard(waiter)
 
 
 class VolumeResolver:
@@ -71,7 +45,7 @@ class VolumeResolver:
         self._claims = claims
         self._persistent_volumes = persistent_volumes
         self._csi_dir = csi_dir
-        self.changes = VolumeChanges()
+        self.changes = CacheChanges()
         claims.add_listener(self.changes.notify)
         persistent_volumes.add_listener(self.changes.notify)
 

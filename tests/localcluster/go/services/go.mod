@@ -5,6 +5,7 @@ go 1.26.0
 tool github.com/FerretDB/FerretDB/cmd/ferretdb
 
 require (
+	github.com/aws/aws-sdk-go-v2 v1.41.5
 	github.com/johannesboyne/gofakes3 v1.2.0
 	github.com/spf13/afero v1.2.1
 )
@@ -17,6 +18,7 @@ require (
 	github.com/SAP/go-hdb v1.13.6 // indirect
 	github.com/alecthomas/kong v0.9.0 // indirect
 	github.com/arl/statsviz v0.6.0 // indirect
+	github.com/aws/smithy-go v1.24.2 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cenkalti/backoff/v5 v5.0.2 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect

@@ -91,7 +91,7 @@ func addEntry(tw *tar.Writer, p, name string) error {
 			return err
 		}
 		hdr.Name = strings.TrimSuffix(name, "/") + "/"
-		return tw.WriteHeader(hdr)
+		return writeHeader(tw, hdr)
 	case mode&fs.ModeSymlink != 0:
 		target, err := os.Readlink(p)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -105,7 +105,7 @@ func addEntry(tw *tar.Writer, p, name string) error {
 			return err
 		}
 		hdr.Name = name
-		return tw.WriteHeader(hdr)
+		return writeHeader(tw, hdr)
 	case mode.IsRegular():
 		return addFile(tw, p, name)
 	default:
@@ -114,6 +114,14 @@ func addEntry(tw *tar.Writer, p, name string) error {
 		log.Printf("snapshot: skipping %s (%s)", p, mode.Type())
 		return nil
 	}
+}
+
+// writeHeader writes hdr in PAX format, which keeps sub-second modification times: with the
+// default format they are rounded to the nearest second, and a restored object store would then
+// report objects as modified up to half a second later than they were.
+func writeHeader(tw *tar.Writer, hdr *tar.Header) error {
+	hdr.Format = tar.FormatPAX
+	return tw.WriteHeader(hdr)
 }
 
 func addFile(tw *tar.Writer, p, name string) error {
@@ -135,7 +143,7 @@ func addFile(tw *tar.Writer, p, name string) error {
 		return err
 	}
 	hdr.Name = name
-	if err := tw.WriteHeader(hdr); err != nil {
+	if err := writeHeader(tw, hdr); err != nil {
 		return err
 	}
 	n, err := io.CopyN(tw, f, hdr.Size)

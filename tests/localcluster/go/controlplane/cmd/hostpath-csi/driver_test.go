@@ -57,6 +57,11 @@ func TestSnapshotRoundTripKeepsContentOwnershipAndModes(t *testing.T) {
 	must(t, os.Chown(filepath.Join(pgdata, "PG_VERSION"), 70, 70))
 	must(t, os.Symlink("pgdata/PG_VERSION", filepath.Join(dir, "link")))
 	must(t, os.MkdirAll(filepath.Join(dir, "empty", "nested"), 0o755))
+	// An object store reports a file's mtime as the object's LastModified: it must survive
+	// to the nanosecond, not rounded to a second.
+	mtime := time.Date(2026, 11, 27, 12, 0, 0, 987654321, time.UTC)
+	must(t, os.WriteFile(filepath.Join(dir, "object"), []byte("x"), 0o644))
+	must(t, os.Chtimes(filepath.Join(dir, "object"), mtime, mtime))
 
 	before := time.Now()
 	snap, err := d.CreateSnapshot(context.Background(),
@@ -100,6 +105,11 @@ func TestSnapshotRoundTripKeepsContentOwnershipAndModes(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(rdir, "empty", "nested")); err != nil {
 		t.Fatalf("empty directories are part of the volume: %v", err)
+	}
+	object, err := os.Stat(filepath.Join(rdir, "object"))
+	must(t, err)
+	if !object.ModTime().Equal(mtime) {
+		t.Fatalf("restored mtime %s, want %s", object.ModTime().UTC(), mtime)
 	}
 
 	_, err = d2.CreateSnapshot(context.Background(),

@@ -30,6 +30,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -86,31 +87,13 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(absData, 0o755); err != nil {
-		return fmt.Errorf("creating data directory: %w", err)
-	}
-	// The backend refuses a bare OsFs (it could RemoveAll outside its root),
-	// so root it at the data directory.
-	rootFs := afero.NewBasePathFs(afero.NewOsFs(), absData)
-	backend, err := s3afero.MultiBucket(rootFs)
-	if err != nil {
-		return fmt.Errorf("opening filesystem backend in %s: %w", absData, err)
-	}
-
 	logLevels := []gofakes3.LogLevel{gofakes3.LogErr, gofakes3.LogWarn}
 	if *quiet {
 		logLevels = []gofakes3.LogLevel{gofakes3.LogErr}
 	}
-	faker := gofakes3.New(backend,
-		gofakes3.WithLogger(gofakes3.GlobalLog(logLevels...)),
-		// s3afero keeps no object versions.
-		gofakes3.WithoutVersioning(),
-	)
-
-	var handler http.Handler = faker.Server()
-	handler = bucketLocation(backend, handler)
-	if *accessKey != "" {
-		handler = requireSignature(*accessKey, *secretKey, handler)
+	handler, err := newHandler(absData, *accessKey, *secretKey, gofakes3.GlobalLog(logLevels...))
+	if err != nil {
+		return err
 	}
 
 	listener, err := net.Listen("tcp", *listen)
@@ -139,6 +122,33 @@ func run() error {
 	}
 	log.Printf("s3server stopped")
 	return nil
+}
+
+// newHandler serves the buckets stored in dataDir (created if missing). With
+// an accessKey, every request must be signed with accessKey/secretKey.
+func newHandler(dataDir, accessKey, secretKey string, logger gofakes3.Logger) (http.Handler, error) {
+	if err := os.MkdirAll(dataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating data directory: %w", err)
+	}
+	// The backend refuses a bare OsFs (it could RemoveAll outside its root),
+	// so root it at the data directory.
+	rootFs := afero.NewBasePathFs(afero.NewOsFs(), dataDir)
+	backend, err := s3afero.MultiBucket(rootFs)
+	if err != nil {
+		return nil, fmt.Errorf("opening filesystem backend in %s: %w", dataDir, err)
+	}
+	faker := gofakes3.New(backend,
+		gofakes3.WithLogger(logger),
+		// s3afero keeps no object versions.
+		gofakes3.WithoutVersioning(),
+	)
+	var handler http.Handler = faker.Server()
+	handler = bucketLocation(backend, handler)
+	handler = xmlContentType(handler)
+	if accessKey != "" {
+		handler = requireSignature(accessKey, secretKey, handler)
+	}
+	return handler, nil
 }
 
 // s3Error is the XML error body S3 servers answer with.
@@ -185,6 +195,42 @@ func bucketLocation(backend gofakes3.Backend, next http.Handler) http.Handler {
 		_, _ = w.Write([]byte(xml.Header +
 			`<LocationConstraint xmlns="http://s3.amazonaws.com/doc/2006-03-01/"></LocationConstraint>`))
 	})
+}
+
+// xmlContentType labels XML responses application/xml. gofakes3 sets the
+// header only after the status line has gone out, so Go sniffs "text/xml"
+// instead, and S3 SDKs (minio-py among them) then refuse to parse error
+// bodies such as NoSuchKey.
+func xmlContentType(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(&xmlLabeller{ResponseWriter: w}, r)
+	})
+}
+
+type xmlLabeller struct {
+	http.ResponseWriter
+	wroteHeader bool
+}
+
+func (w *xmlLabeller) WriteHeader(status int) {
+	if w.wroteHeader {
+		return
+	}
+	w.wroteHeader = true
+	if status >= 300 && w.Header().Get("Content-Type") == "" {
+		w.Header().Set("Content-Type", "application/xml")
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *xmlLabeller) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		if w.Header().Get("Content-Type") == "" && bytes.HasPrefix(b, []byte("<?xml")) {
+			w.Header().Set("Content-Type", "application/xml")
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
 }
 
 const sigV4Algorithm = "AWS4-HMAC-SHA256"
