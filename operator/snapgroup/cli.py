@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,9 +54,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf logs in through the same kubeconfig
     if args.metrics_port:
         metrics.serve(args.metrics_port)
-    memo = kopf.Memo(runtime=Runtime.from_environment(args.kubeconfig))
+    memo = kopf.Memo(runtime=Runtime.from_environment(args.kubeconfig, args.namespace or ()))
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,

@@ -48,6 +48,12 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         log.warning("restored at start-up: %s", line)
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG (set from --kubeconfig), read now."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     """Release clients."""
@@ -71,7 +77,7 @@ async def group_resumed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def group_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A group being deleted: thaw whatever it holds before the finalizer goes."""
-    await _runner(memo).deleted(_ref(body), dict(body.get("status", {})))
+    await _runner(memo).deleted(_ref(body), dict(body.get("spec", {})), dict(body.get("status", {})))
 
 
 # --- ScheduledSnapshotGroup: one loop per schedule, woken early by spec edits and finished groups ---

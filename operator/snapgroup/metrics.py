@@ -30,6 +30,11 @@ GROUPS = Counter(
 SNAPSHOTS_CREATED = Counter(
     "snapgroup_volumesnapshots_created_total", "VolumeSnapshots created by the operator."
 )
+API_REQUESTS = Counter(
+    "snapgroup_kubernetes_requests_total",
+    "Requests the operator's Kubernetes adapter sent, by verb (kopf's own watches not included).",
+    ["verb"],
+)
 WRITERS_ISOLATED = Gauge("snapgroup_writers_isolated", "Writer workloads currently held at zero replicas.")
 
 

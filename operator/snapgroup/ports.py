@@ -72,6 +72,8 @@ class SnapshotInfo:
     ready_to_use: bool
     restore_size: str | None
     error: str | None
+    content: str | None = None
+    """Name of the bound VolumeSnapshotContent."""
 
 
 EventType = Literal["Normal", "Warning"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -21,9 +22,14 @@ class Runtime:
     runner: GroupRunner
 
     @classmethod
-    def from_environment(cls, kubeconfig: str | None = None) -> Runtime:
-        """Clients from a kubeconfig, $KUBECONFIG, or the pod's service account."""
-        cluster = KubeCluster(load_api_client(kubeconfig))
+    def from_environment(
+        cls, kubeconfig: str | None = None, namespaces: Sequence[str] = ()
+    ) -> Runtime:
+        """Clients from a kubeconfig, $KUBECONFIG, or the pod's service account.
+
+        namespaces: the namespaces the operator watches (empty: all).
+        """
+        cluster = KubeCluster(load_api_client(kubeconfig), namespaces=namespaces)
         connectors = DatabaseConnectors()
         return cls(cluster=cluster, connectors=connectors, runner=GroupRunner(cluster, connectors))
 

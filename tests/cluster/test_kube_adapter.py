@@ -393,3 +393,44 @@ async def test_events_are_recorded_on_the_group(
     assert event["involvedObject"]["name"] == "event-test"
     assert event["source"]["component"] == "snapgroup"
     assert event["reportingComponent"] == "snapgroup.dev/operator"
+
+
+# -- leases --------------------------------------------------------------------------------
+
+
+async def test_a_lease_has_one_holder_until_released(namespace: str, kube: KubeCluster) -> None:
+    assert await kube.acquire_lease(namespace, "target-a", "first/u1", 60) is None
+    assert await kube.acquire_lease(namespace, "target-a", "first/u1", 60) is None  # renewal
+    assert await kube.acquire_lease(namespace, "target-a", "second/u2", 60) == "first/u1"
+
+    await kube.release_lease(namespace, "target-a", "second/u2")  # not its lease: no effect
+    assert await kube.acquire_lease(namespace, "target-a", "second/u2", 60) == "first/u1"
+
+    waiting = asyncio.create_task(kube.wait_lease_change(namespace, "target-a", 60))
+    await kube.release_lease(namespace, "target-a", "first/u1")
+    await asyncio.wait_for(waiting, 30)  # the waiter learns of the release, not of a timeout
+    assert await kube.acquire_lease(namespace, "target-a", "second/u2", 60) is None
+
+
+async def test_an_expired_lease_is_taken_over(
+    api: client.ApiClient, namespace: str, kube: KubeCluster
+) -> None:
+    assert await kube.acquire_lease(namespace, "target-b", "crashed/u1", 30) is None
+    client.CoordinationV1Api(api).patch_namespaced_lease(
+        "target-b", namespace, {"spec": {"renewTime": "2020-01-01T00:00:00.000000Z"}},
+        _content_type="application/merge-patch+json",
+    )  # its holder stopped renewing long ago
+
+    assert await kube.acquire_lease(namespace, "target-b", "next/u2", 30) is None
+    lease = raw(client.CoordinationV1Api(api).read_namespaced_lease, "target-b", namespace)
+    assert lease["spec"]["holderIdentity"] == "next/u2"
+    assert lease["spec"]["leaseTransitions"] == 1
+
+
+async def test_waiting_on_a_lease_that_stays_ends_at_the_timeout(
+    namespace: str, kube: KubeCluster
+) -> None:
+    assert await kube.acquire_lease(namespace, "target-c", "holder/u1", 60) is None
+    await asyncio.wait_for(kube.wait_lease_change(namespace, "target-c", 1), 10)
+    # No lease at all: nothing to wait for.
+    await asyncio.wait_for(kube.wait_lease_change(namespace, "never-taken", 60), 10)

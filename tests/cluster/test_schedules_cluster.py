@@ -119,6 +119,31 @@ def watch_until(
                 return items
 
 
+def watch_schedule(kube: Kube, name: str, predicate: Callable[[dict[str, Any]], bool], what: str,
+                   timeout: float = 60) -> dict[str, Any]:
+    """Watch the schedule until predicate(schedule) holds."""
+    return watch_until(
+        kube, GROUP, VERSION, SCHEDULES, "", lambda items: name in items and predicate(items[name]),
+        timeout, what,
+    )[name]
+
+
+def wait_event(kube: Kube, name: str, reason: str, timeout: float = 30) -> str:
+    """The message of the first Event with this reason about the object, watching until it comes."""
+    selector = f"involvedObject.name={name}"
+    listing = kube.core.list_namespaced_event(NAMESPACE, field_selector=selector)
+    for event in listing.items:
+        if event.reason == reason:
+            return str(event.message)
+    for change in watch.Watch().stream(
+        kube.core.list_namespaced_event, NAMESPACE, field_selector=selector,
+        resource_version=listing.metadata.resource_version, timeout_seconds=int(timeout),
+    ):
+        if change["object"].reason == reason:
+            return str(change["object"].message)
+    raise AssertionError(f"no {reason} Event about {name} in {timeout}s")
+
+
 def watch_groups(kube: Kube, name: str, predicate: Callable[[Items], bool], timeout: float,
                  what: str) -> Items:
     return watch_until(kube, GROUP, VERSION, GROUPS, f"{SCHEDULE_LABEL}={name}", predicate, timeout, what)
@@ -165,6 +190,7 @@ def test_every_10s_takes_consistent_groups_keeps_the_newest_n_and_suspend_stops_
         # Suspend: nothing new after the groups in flight finish; retention settles at N.
         kube.custom.patch_namespaced_custom_object(
             GROUP, VERSION, NAMESPACE, SCHEDULES, name, {"spec": {"suspend": True}})
+        watch_schedule(kube, name, lambda s: ready(s).get("reason") == "Suspended", "Ready: Suspended")
         settled = watch_groups(
             kube, name,
             lambda items: all(phase(o) in ("Succeeded", "Failed") for o in live(items).values())
@@ -174,11 +200,13 @@ def test_every_10s_takes_consistent_groups_keeps_the_newest_n_and_suspend_stops_
         kept = sorted(n for n, o in live(settled).items() if phase(o) == "Succeeded")
         every_success = sorted({*succeeded, *kept})
         assert kept == every_success[-KEEP:], "retention must keep the newest"
-        status = get_schedule(kube, name)
-        assert status is not None
-        assert ready(status)["reason"] == "Suspended"
-        assert status["status"]["lastSuccessfulGroup"] == kept[-1]
-        assert not status["status"].get("active")
+        # The status follows: the newest success, nothing running (written after the pruning).
+        watch_schedule(
+            kube, name,
+            lambda s: s.get("status", {}).get("lastSuccessfulGroup") == kept[-1]
+            and not s["status"].get("active"),
+            f"lastSuccessfulGroup {kept[-1]} and no active group",
+        )
 
         # The pruned groups are gone, and their VolumeSnapshots with them.
         pruned = [n for n in every_success if n not in kept]
@@ -256,23 +284,16 @@ def test_cron_values_out_of_range_are_reported_in_ready(
     kube.custom.create_namespaced_custom_object(
         GROUP, VERSION, NAMESPACE, SCHEDULES, schedule(name, schedule="61 * * * *"))
     try:
-        found = watch_until(
-            kube, GROUP, VERSION, SCHEDULES, "", lambda items: bool(ready(items.get(name, {}))), 60,
-            "the Ready condition",
-        )[name]
-        condition = ready(found)
+        condition = ready(watch_schedule(kube, name, lambda s: bool(ready(s)), "the Ready condition"))
         assert (condition["status"], condition["reason"]) == ("False", "InvalidSchedule")
         assert "61" in condition["message"]
-        assert ("InvalidSchedule", condition["message"]) in kube.events(NAMESPACE, name)
+        assert wait_event(kube, name, "InvalidSchedule") == condition["message"]
         assert not kube.custom.list_namespaced_custom_object(
             GROUP, VERSION, NAMESPACE, GROUPS, label_selector=f"{SCHEDULE_LABEL}={name}")["items"]
         # Fixed in place (as a GitOps tool would): Ready again, with the next tick.
         kube.custom.patch_namespaced_custom_object(
             GROUP, VERSION, NAMESPACE, SCHEDULES, name, {"spec": {"schedule": "0 3 * * *"}})
-        fixed = watch_until(
-            kube, GROUP, VERSION, SCHEDULES, "",
-            lambda items: ready(items.get(name, {})).get("status") == "True", 60, "Ready again",
-        )[name]
+        fixed = watch_schedule(kube, name, lambda s: ready(s).get("status") == "True", "Ready again")
         assert fixed["status"]["nextScheduleTime"].endswith("T03:00:00Z")
     finally:
         kube.custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, SCHEDULES, name)

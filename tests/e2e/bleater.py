@@ -8,6 +8,7 @@ real psycopg, pymongo and minio SDKs.
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,7 +64,8 @@ class Bleater:
             return [Record(int(s), t) for s, t in rows]
         if service == "mongodb":
             with MongoClient(host, port, directConnection=True, serverSelectionTimeoutMS=5000,
-                             tz_aware=True) as mc:
+                             tz_aware=True, username=self.mongo["username"],
+                             password=self.mongo["password"], authSource="admin") as mc:
                 docs = mc["bleater"]["events"].find({}, {"seq": 1, "created_at": 1}).sort("seq", 1)
                 return [Record(int(d["seq"]), d["created_at"]) for d in docs]
         s3 = Minio(f"{host}:{port}", access_key=self.s3["accessKey"], secret_key=self.s3["secretKey"],
@@ -98,7 +100,7 @@ class Bleater:
         sending the writer's traffic to the original pod.
         """
         deployment = self.kube.deployment(self.namespace, service)
-        name = f"restore-{snapshot}"[:63]
+        name = restore_name(snapshot)
         template = self.kube.api.sanitize_for_serialization(deployment.spec.template)
         pvc_volume = next(v for v in template["spec"]["volumes"] if "persistentVolumeClaim" in v)
         original_pvc = self.kube.core.read_namespaced_persistent_volume_claim(
@@ -118,19 +120,24 @@ class Bleater:
             if "persistentVolumeClaim" in volume:
                 volume["persistentVolumeClaim"]["claimName"] = name
         self.kube.core.create_namespaced_pod(self.namespace, {
-            "metadata": {"name": name, "labels": {"snapgroup.dev/restore-test": snapshot}},
+            "metadata": {"name": name, "labels": {"snapgroup.dev/restore-test": name}},
             "spec": spec,
         })
-        pods = self.kube.wait_pods(self.namespace, f"snapgroup.dev/restore-test={snapshot}", 1,
+        pods = self.kube.wait_pods(self.namespace, f"snapgroup.dev/restore-test={name}", 1,
                                    timeout=timeout)
         ip: str = pods[0].status.pod_ip
         return ip
 
     def drop_restore(self, snapshot: str) -> None:
         """Delete a restore pod and its claim."""
-        name = f"restore-{snapshot}"[:63]
+        name = restore_name(snapshot)
         self.kube.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0)
         self.kube.core.delete_namespaced_persistent_volume_claim(name, self.namespace)
+
+
+def restore_name(snapshot: str) -> str:
+    """A short, valid name (and label value) for the restore of one snapshot."""
+    return "restore-" + hashlib.sha256(snapshot.encode()).hexdigest()[:16]
 
 
 def contiguous(seqs: list[int]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,5 +61,5 @@ _counter = iter(range(1, 10_000))
 @pytest.fixture
 def group_name(request: pytest.FixtureRequest) -> str:
     """A unique, readable SnapshotGroup name per test."""
-    base = request.node.name.removeprefix("test_").replace("_", "-")[:40].rstrip("-")
+    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())[:40].strip("-")
     return f"{base}-{next(_counter)}"

@@ -34,8 +34,8 @@ def mongo_lock_count(bleater: Bleater) -> int:
     """The emulated mongod's fsync lock count, read by locking once and unlocking again."""
     host = bleater.service_host("mongodb")
     with MongoClient(host, 27017, directConnection=True, serverSelectionTimeoutMS=5000,
-                     username=bleater.mongo.get("username"), password=bleater.mongo.get("password")
-                     ) as client:
+                     username=bleater.mongo["username"], password=bleater.mongo["password"],
+                     authSource="admin") as client:
         after_lock = int(client.admin.command({"fsync": 1, "lock": True})["lockCount"])
         client.admin.command({"fsyncUnlock": 1})
         return after_lock - 1

@@ -146,6 +146,15 @@ class Kube:
             namespace, field_selector=f"involvedObject.name={name}").items
         return [(e.reason, e.message) for e in items]
 
+    def wait_snapshots_gone(self, namespace: str, selector: str, timeout: float = 60.0) -> None:
+        """Wait until no VolumeSnapshot matches (deletion waits on the snapshot controller)."""
+        deadline = time.monotonic() + timeout
+        while remaining := self.snapshots(namespace, selector):
+            if time.monotonic() > deadline:
+                names = [s["metadata"]["name"] for s in remaining]
+                raise AssertionError(f"VolumeSnapshots {names} still exist after {timeout}s")
+            time.sleep(0.2)  # polling for the snapshot controller's finalizers to go
+
     def snapshots(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """VolumeSnapshots matching a selector."""
         listing = self.custom.list_namespaced_custom_object(

@@ -21,7 +21,8 @@ exits 0.
 
 Environment: PGHOST, PGPORT (5432), PGUSER, PGPASSWORD, PGDATABASE (bleater); MONGODB_URI;
 S3_ENDPOINT (host:port, plain HTTP), S3_ACCESS_KEY, S3_SECRET_KEY, S3_BUCKET (bleater);
-WRITE_INTERVAL_SECONDS (1).
+WRITE_INTERVAL_SECONDS (1). Each service is optional: the writer writes to those whose variable
+(PGHOST, MONGODB_URI, S3_ENDPOINT) is set, and at least one must be.
 
 Run: ``python -m localcluster.datawriter``.
 """
@@ -58,6 +59,9 @@ MONGO_COLLECTION = "events"
 OBJECT_PREFIX = "events/"
 _OBJECT_NAME = re.compile(r"^events/(\d{12})\.json$")
 
+# The variable whose presence turns each service on.
+SERVICE_VARIABLES = {"postgres": "PGHOST", "mongodb": "MONGODB_URI", "s3": "S3_ENDPOINT"}
+
 _BACKOFF_FIRST_SECONDS = 0.5
 _BACKOFF_MAX_SECONDS = 5.0
 
@@ -86,23 +90,35 @@ class WriterConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WriterConfig:
-        """Build the configuration from environment variables (see the module docstring)."""
-        missing = [name for name in ("PGHOST", "PGUSER", "MONGODB_URI", "S3_ENDPOINT") if not env.get(name)]
-        if missing:
-            raise ValueError(f"missing environment variables: {', '.join(missing)}")
+        """Build the configuration from environment variables (see the module docstring).
+
+        An empty host, URI or endpoint leaves that service out; at least one must be given.
+        """
+        if not any(env.get(name) for name in SERVICE_VARIABLES.values()):
+            raise ValueError(
+                "no service to write to: set at least one of " + ", ".join(SERVICE_VARIABLES.values())
+            )
+        if env.get("PGHOST") and not env.get("PGUSER"):
+            raise ValueError("missing environment variables: PGUSER (needed with PGHOST)")
         return cls(
-            pg_host=env["PGHOST"],
+            pg_host=env.get("PGHOST", ""),
             pg_port=int(env.get("PGPORT") or 5432),
-            pg_user=env["PGUSER"],
+            pg_user=env.get("PGUSER", ""),
             pg_password=env.get("PGPASSWORD", ""),
             pg_database=env.get("PGDATABASE") or "bleater",
-            mongodb_uri=env["MONGODB_URI"],
-            s3_endpoint=env["S3_ENDPOINT"],
+            mongodb_uri=env.get("MONGODB_URI", ""),
+            s3_endpoint=env.get("S3_ENDPOINT", ""),
             s3_access_key=env.get("S3_ACCESS_KEY", ""),
             s3_secret_key=env.get("S3_SECRET_KEY", ""),
             s3_bucket=env.get("S3_BUCKET") or "bleater",
             interval_seconds=float(env.get("WRITE_INTERVAL_SECONDS") or 1),
         )
+
+    @property
+    def services(self) -> list[str]:
+        """The services configured, in write order: postgres, mongodb, s3."""
+        given = {"postgres": self.pg_host, "mongodb": self.mongodb_uri, "s3": self.s3_endpoint}
+        return [name for name, value in given.items() if value]
 
 
 @dataclass(frozen=True)
@@ -287,18 +303,22 @@ class S3Events:
 
 
 class DataWriter:
-    """Writes one record per interval to all three services until asked to stop."""
+    """Writes one record per interval to every configured service until asked to stop."""
 
     def __init__(self, config: WriterConfig) -> None:
         self.config = config
         self.stop_requested = threading.Event()
-        self.postgres = PostgresEvents(config)
-        self.mongo = MongoEvents(config)
-        self.s3 = S3Events(config)
-        self._services: dict[str, PostgresEvents | MongoEvents | S3Events] = {
+        configured = config.services
+        self.postgres = PostgresEvents(config) if "postgres" in configured else None
+        self.mongo = MongoEvents(config) if "mongodb" in configured else None
+        self.s3 = S3Events(config) if "s3" in configured else None
+        candidates: dict[str, PostgresEvents | MongoEvents | S3Events | None] = {
             "postgres": self.postgres,
             "mongodb": self.mongo,
             "s3": self.s3,
+        }
+        self._services: dict[str, PostgresEvents | MongoEvents | S3Events] = {
+            name: service for name, service in candidates.items() if service is not None
         }
 
     def request_stop(self) -> None:
@@ -323,8 +343,10 @@ class DataWriter:
 
     def prepare(self) -> int:
         """Create what is missing, complete a half-written last record, return the next seq."""
-        self._retry("postgres", "create table", self.postgres.ensure_schema)
-        self._retry("s3", "create bucket", self.s3.ensure_bucket)
+        if self.postgres is not None:
+            self._retry("postgres", "create table", self.postgres.ensure_schema)
+        if self.s3 is not None:
+            self._retry("s3", "create bucket", self.s3.ensure_bucket)
         highest = {
             name: self._retry(name, "read max seq", service.max_seq)
             for name, service in self._services.items()
@@ -333,11 +355,7 @@ class DataWriter:
         if last:
             self._complete(last)
         log.info(
-            "resuming after seq %d (postgres %d, mongodb %d, s3 %d)",
-            last,
-            highest["postgres"],
-            highest["mongodb"],
-            highest["s3"],
+            "resuming after seq %d (%s)", last, ", ".join(f"{name} {seq}" for name, seq in highest.items())
         )
         return last + 1
 
@@ -381,9 +399,10 @@ class DataWriter:
                 log.info("stopped with seq %d incomplete (%s); the next start completes it", seq, exc)
                 return
             log.info(
-                "seq=%d created_at=%s written to postgres, mongodb, s3 in %.0f ms",
+                "seq=%d created_at=%s written to %s in %.0f ms",
                 record.seq,
                 record.created_at.isoformat(),
+                ", ".join(self._services),
                 (time.monotonic() - started) * 1000,
             )
             seq += 1
@@ -395,8 +414,10 @@ class DataWriter:
 
     def close(self) -> None:
         """Release the connections."""
-        self.postgres.reset()
-        self.mongo.close()
+        if self.postgres is not None:
+            self.postgres.reset()
+        if self.mongo is not None:
+            self.mongo.close()
 
 
 def main() -> int:
@@ -421,14 +442,15 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    targets = {
+        "postgres": f"postgres {config.pg_host}:{config.pg_port}/{config.pg_database}",
+        "mongodb": "mongodb",
+        "s3": f"s3 {config.s3_endpoint} bucket {config.s3_bucket}",
+    }
     log.info(
-        "writing every %.3gs to postgres %s:%d/%s, mongodb, s3 %s bucket %s",
+        "writing every %.3gs to %s",
         config.interval_seconds,
-        config.pg_host,
-        config.pg_port,
-        config.pg_database,
-        config.s3_endpoint,
-        config.s3_bucket,
+        ", ".join(targets[name] for name in config.services),
     )
     try:
         writer.run()

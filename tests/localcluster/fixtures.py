@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,17 +16,20 @@ from localcluster.cluster import LocalCluster
 
 
 @pytest.fixture(scope="session")
-def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def local_cluster() -> Iterator[LocalCluster]:
     """A running local cluster with the bleater sample applied and its pods ready.
 
-    Started once per test session in a fresh state dir under pytest's temporary directory and
-    stopped at the end. Skips only when the binaries need building and Go is not installed.
+    Started once per test session in a fresh state dir and stopped (and removed) at the end.
+    The state dir is not under pytest's temporary base: every pytest session that starts
+    resets that base to mode 0700, which would lock the pods' users (postgres) out of their
+    volumes mid-run. Skips only when the binaries need building and Go is not installed.
     """
     try:
         ensure_binaries()
     except GoToolchainMissingError as exc:
         pytest.skip(f"local cluster unavailable: {exc}")
-    cluster = LocalCluster(tmp_path_factory.mktemp("localcluster"))
+    state_dir = Path(tempfile.mkdtemp(prefix="snapgroup-cluster-"))
+    cluster = LocalCluster(state_dir)
     started = time.monotonic()
     try:
         # Cluster sessions on one machine take turns (they would share loopback addresses);
@@ -37,3 +43,4 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
         yield cluster
     finally:
         cluster.down()
+        shutil.rmtree(state_dir, ignore_errors=True)

@@ -401,3 +401,57 @@ def test_writer_waits_out_an_fsync_lock(writer: Writer, bin_dir: Path) -> None:
     writer.wait_for_pg_seq(held_at + 3, process)
     writer.stop(process)
     writer.assert_consistent()
+
+
+def start_s3_only_writer(s3: S3Server, log_dir: Path) -> Process:
+    """A writer given only the S3 variables, as in the benchmark's light namespaces."""
+    env = python_env(
+        {
+            "S3_ENDPOINT": s3.endpoint,
+            "S3_ACCESS_KEY": S3_ACCESS_KEY,
+            "S3_SECRET_KEY": S3_SECRET_KEY,
+            "S3_BUCKET": BUCKET,
+            "WRITE_INTERVAL_SECONDS": "0.1",
+        }
+    )
+    for name in ("PGHOST", "PGUSER", "PGPASSWORD", "MONGODB_URI"):
+        env.pop(name, None)
+    return start_process("datawriter-s3-only", [sys.executable, "-m", "localcluster.datawriter"], log_dir,
+                         env=env)
+
+
+def test_writer_with_only_s3_writes_a_gap_free_sequence_there(s3: S3Server, bin_dir: Path,
+                                                             tmp_path: Path) -> None:
+    s3.start(bin_dir, tmp_path)
+    process = start_s3_only_writer(s3, tmp_path)
+    client = s3.client()
+
+    def seqs() -> list[int]:
+        if not client.bucket_exists(BUCKET):
+            return []
+        listing = client.list_objects(BUCKET, prefix="events/", recursive=True)
+        names = [obj.object_name or "" for obj in listing]
+        return sorted(int(name[len("events/") : -len(".json")]) for name in names)
+
+    def reached() -> bool:
+        if process.popen.poll() is not None:
+            pytest.fail(f"the S3-only writer exited:\n{process.log_text()}")
+        return len(seqs()) >= 5
+
+    wait_until(reached, "five records in S3")
+    process.popen.send_signal(signal.SIGTERM)
+    assert process.popen.wait(timeout=10) == 0, process.log_text()
+    written = seqs()
+    assert written == list(range(1, len(written) + 1)), f"gaps or duplicates in S3: {written}"
+    assert "written to s3 in" in process.log_text()
+    assert "postgres" not in process.log_text() and "mongodb" not in process.log_text()
+
+
+def test_writer_without_any_service_refuses_to_start(tmp_path: Path) -> None:
+    env = python_env({})
+    for name in ("PGHOST", "MONGODB_URI", "S3_ENDPOINT"):
+        env.pop(name, None)
+    process = start_process("datawriter-nothing", [sys.executable, "-m", "localcluster.datawriter"], tmp_path,
+                            env=env)
+    assert process.popen.wait(timeout=30) == 2
+    assert "set at least one of PGHOST, MONGODB_URI, S3_ENDPOINT" in process.log_text()

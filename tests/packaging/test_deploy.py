@@ -47,7 +47,7 @@ OPERATOR_PERMISSIONS: set[Permission] = {
     *(("events.k8s.io", "events", v) for v in ("create", "patch")),
     ("storage.k8s.io", "storageclasses", "get"),
     *(("apps", r, v) for r in ("deployments", "statefulsets") for v in ("get", "list", "patch")),
-    *(("coordination.k8s.io", "leases", v) for v in ("get", "list", "watch", "create", "update", "delete")),
+    *(("coordination.k8s.io", "leases", v) for v in ("get", "list", "watch", "create", "patch", "delete")),
     *(("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")),
     *(("", "namespaces", v) for v in ("list", "watch")),
 }

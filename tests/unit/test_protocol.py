@@ -25,6 +25,7 @@ from snapgroup.api.snapshotgroup import (
 )
 from snapgroup.hooks import registry
 from snapgroup.hooks.registry import BoundHook, HookContext, HookType, ServiceHook, UndoRecord
+from snapgroup.orchestration.exclusion import lease_name
 from snapgroup.orchestration.groups import GroupRunner
 from snapgroup.orchestration.journal import GroupRef
 from snapgroup.ports import PlanError, PvcInfo, SnapshotClassInfo, SnapshotInfo, StepError
@@ -320,6 +321,8 @@ async def test_restart_mid_group_undoes_the_journal_and_fails() -> None:
     log: list[str] = []
     cluster = FakeCluster(log)
     cluster.snapshots["nightly-postgres-pg-data"] = {}
+    held = lease_name("writer:Deployment/data-writer")
+    cluster.leases[held] = "nightly/uid-1"  # taken by the run that was interrupted
     interrupted = {
         "phase": "Snapshotting", "startTime": "2026-11-27T12:00:00Z",
         "hooks": [
@@ -336,6 +339,7 @@ async def test_restart_mid_group_undoes_the_journal_and_fails() -> None:
     assert next(c.reason for c in status.conditions if c.type == "Succeeded") == "OperatorRestarted"
     assert cluster.snapshots == {}
     assert all(h.state == HookState.UNDONE for h in status.hooks)
+    assert cluster.leases == {}, "the interrupted run's Leases must be given back"
 
 
 async def test_finished_group_is_left_alone() -> None:
@@ -353,7 +357,7 @@ async def test_deleting_the_group_mid_window_thaws_and_fails() -> None:
     runner = GroupRunner(cluster, connectors=None, ready_timeout=5)  # type: ignore[arg-type]
     task = asyncio.create_task(runner.reconcile(REF, spec("60s").wire(), {}))
     await cluster.cutting.wait()
-    await runner.deleted(REF, {})
+    await runner.deleted(REF, spec().wire(), {})
     await task
     status = SnapshotGroupStatus.model_validate(cluster.patches[-1])
     assert next(c.reason for c in status.conditions if c.type == "Succeeded") == "GroupDeleted"

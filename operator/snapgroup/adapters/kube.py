@@ -20,7 +20,8 @@ import socket
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from snapgroup import metrics
 from snapgroup.api import API_VERSION, GROUP, VERSION
 from snapgroup.api.base import LabelSelector
 from snapgroup.api.snapshotgroup import KIND, PLURAL
@@ -54,6 +56,7 @@ _MERGE_PATCH = "application/merge-patch+json"
 _EVENT_MESSAGE_LIMIT = 1024
 _LIST_PAGE = 500
 _HTTP_GONE = 410
+_LEASE_ATTEMPTS = 5
 _WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 
 
@@ -95,10 +98,14 @@ class KubeCluster:
         *,
         request_timeout: float = 10.0,
         max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
+        namespaces: Collection[str] = (),
     ) -> None:
+        self.namespaces = tuple(namespaces)
+        """The namespaces the operator watches; empty means all (cluster-wide permissions)."""
         self._core = client.CoreV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
         self._storage = client.StorageV1Api(api_client)
+        self._coordination = client.CoordinationV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         self._timeout = request_timeout
         # A pool of our own: a watch blocks its thread for as long as it waits, and the loop's
@@ -220,16 +227,25 @@ class KubeCluster:
         return [_workload_info(kind, item) for item in _items(listing)]
 
     async def list_annotated_workloads(self, annotation: str) -> list[WorkloadInfo]:
-        """Every Deployment and StatefulSet, in all namespaces, carrying the annotation.
+        """Every Deployment and StatefulSet, in the watched namespaces, carrying the annotation.
 
         Annotations cannot be selected on by the API server, so everything is listed (in pages)
-        and filtered here.
+        and filtered here: cluster-wide, or namespace by namespace when the operator watches
+        only some (its Roles then grant nothing cluster-wide).
         """
         found: list[WorkloadInfo] = []
         for kind in _WORKLOAD_KINDS:
-            items = await self._list_pages(
-                f"list {kind}s in all namespaces", self._workload_calls(kind)["list_all"]
-            )
+            calls = self._workload_calls(kind)
+            if self.namespaces:
+                items = [
+                    item
+                    for ns in self.namespaces
+                    for item in await self._list_pages(
+                        f"list {kind}s in {ns}", partial(calls["list"], ns)
+                    )
+                ]
+            else:
+                items = await self._list_pages(f"list {kind}s in all namespaces", calls["list_all"])
             found.extend(
                 _workload_info(kind, item) for item in items if annotation in _annotations(item)
             )
@@ -361,7 +377,7 @@ class KubeCluster:
                         for info in map(_snapshot_info, _items(listing)) if info.name in names
                     }
                     if all(map(reached, names)):
-                        return {name: seen[name] for name in names}
+                        return await self._precise({name: seen[name] for name in names})
                     stream = self._watch(
                         f"watch VolumeSnapshots in {namespace} matching {selector!r}",
                         self._custom.list_namespaced_custom_object,
@@ -381,7 +397,7 @@ class KubeCluster:
                             else:
                                 seen[info.name] = info
                             if all(map(reached, names)):
-                                return {name: seen[name] for name in names}
+                                return await self._precise({name: seen[name] for name in names})
         except TimeoutError:
             pending = sorted(name for name in names if not reached(name))
             state = "ready to use" if until == "ready" else "cut (no creationTime)"
@@ -399,6 +415,28 @@ class KubeCluster:
                 + ", ".join(pending)
                 + (f" (missing: {', '.join(missing)})" if missing else "")
             ) from None
+
+    async def _precise(self, infos: dict[str, SnapshotInfo]) -> dict[str, SnapshotInfo]:
+        """Creation times to the microsecond, from the bound VolumeSnapshotContents.
+
+        A VolumeSnapshot's creationTime is a metav1.Time and keeps whole seconds only; compared
+        with record timestamps, that would put the cut up to a second too early. The content
+        keeps the driver's time in nanoseconds.
+        """
+
+        async def refine(info: SnapshotInfo) -> SnapshotInfo:
+            if info.content is None or info.creation_time is None:
+                return info
+            content = await self._call(
+                "get", f"read VolumeSnapshotContent {info.content}",
+                self._custom.get_cluster_custom_object, SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION,
+                "volumesnapshotcontents", info.content, allow={404},
+            )
+            nanos = ((content or {}).get("status") or {}).get("creationTime")
+            return info if nanos is None else replace(info, creation_time=_nanos_time(int(nanos)))
+
+        refined = await asyncio.gather(*(refine(i) for i in infos.values()))
+        return dict(zip(infos, refined, strict=True))
 
     # -- the SnapshotGroup itself ----------------------------------------------------------
 
@@ -457,6 +495,96 @@ class KubeCluster:
             self._core.create_namespaced_event, namespace, event,
         )
 
+    # -- leases (mutual exclusion of groups over shared targets) ----------------------------
+
+    async def acquire_lease(
+        self, namespace: str, name: str, holder: str, seconds: int
+    ) -> str | None:
+        """Take a coordination.k8s.io Lease for holder, or renew it.
+
+        Returns None when holder now holds it, else the identity of the live holder. A lease
+        whose holder let it expire (renewTime + leaseDurationSeconds in the past) is taken
+        over. Every write carries the resourceVersion read, so two takers never both win.
+        """
+        action = f"take Lease {namespace}/{name}"
+        for _ in range(_LEASE_ATTEMPTS):
+            lease = await self._call(
+                "get", action, self._coordination.read_namespaced_lease, name, namespace,
+                allow={404},
+            )
+            if lease is None:
+                # No times in the body: the model layer would reformat them; creationTimestamp
+                # stands for the first renewal.
+                body = {"metadata": {"name": name},
+                        "spec": {"holderIdentity": holder, "leaseDurationSeconds": seconds}}
+                created = await self._call(
+                    "create", action, self._coordination.create_namespaced_lease, namespace, body,
+                    allow={409},
+                )
+                if created is not None:
+                    return None
+                continue  # someone created it meanwhile: look again
+            spec = lease.get("spec") or {}
+            current = spec.get("holderIdentity")
+            if current and current != holder and not _lease_expired(lease):
+                return str(current)
+            now = _micro_time(datetime.now(UTC))
+            patch: dict[str, Any] = {
+                "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                "spec": {"holderIdentity": holder, "leaseDurationSeconds": seconds,
+                         "renewTime": now},
+            }
+            if current != holder:
+                patch["spec"]["acquireTime"] = now
+                patch["spec"]["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+            done = await self._call(
+                "patch", action, self._coordination.patch_namespaced_lease, name, namespace, patch,
+                _content_type=_MERGE_PATCH, allow={404, 409},
+            )
+            if done is not None:
+                return None
+        raise StepError(
+            "LeaseContended", f"{action}: it changed under every one of {_LEASE_ATTEMPTS} attempts"
+        )
+
+    async def release_lease(self, namespace: str, name: str, holder: str) -> None:
+        """Delete a Lease if holder still holds it (the resourceVersion read is a precondition)."""
+        action = f"release Lease {namespace}/{name}"
+        lease = await self._call(
+            "get", action, self._coordination.read_namespaced_lease, name, namespace, allow={404},
+        )
+        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != holder:
+            return
+        preconditions = {"uid": lease["metadata"]["uid"],
+                         "resourceVersion": lease["metadata"]["resourceVersion"]}
+        await self._call(
+            "delete", action, self._coordination.delete_namespaced_lease, name, namespace,
+            body={"preconditions": preconditions}, allow={404, 409},
+        )
+
+    async def wait_lease_change(self, namespace: str, name: str, timeout: float) -> None:
+        """Return when the Lease changes or is deleted (at once if it is gone), or after timeout
+        seconds; watched, not polled."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        selector = f"metadata.name={name}"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                listing = await self._call(
+                    "list", f"read Lease {namespace}/{name}",
+                    self._coordination.list_namespaced_lease, namespace, field_selector=selector,
+                )
+                if not _items(listing):
+                    return
+                stream = self._watch(
+                    f"watch Lease {namespace}/{name}", self._coordination.list_namespaced_lease,
+                    namespace, field_selector=selector, resource_version=_version(listing),
+                    deadline=deadline,
+                )
+                async with stream:
+                    while (event := await self._next(stream)) is not None:
+                        if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                            return
+
     # -- plumbing --------------------------------------------------------------------------
 
     def _workload_calls(self, kind: str) -> dict[str, Callable[..., Any]]:
@@ -485,6 +613,7 @@ class KubeCluster:
         """Send one request in a worker thread: the decoded JSON body, or None for an allowed
         error status (404 read as "absent", 409 on create as "already there")."""
         self.requests[verb] += 1
+        metrics.API_REQUESTS.labels(verb).inc()
         request = partial(_send, method, *args, _request_timeout=self._timeout, **kwargs)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, request)
@@ -517,6 +646,7 @@ class KubeCluster:
         remaining = deadline - asyncio.get_running_loop().time()
         server_timeout = max(1, math.ceil(remaining))
         self.requests["watch"] += 1
+        metrics.API_REQUESTS.labels("watch").inc()
         open_request = partial(
             method, *args, watch=True, resource_version=resource_version,
             timeout_seconds=server_timeout, _preload_content=False,
@@ -614,7 +744,30 @@ def _snapshot_info(obj: dict[str, Any]) -> SnapshotInfo:
         ready_to_use=bool(status.get("readyToUse")),
         restore_size=None if restore_size is None else str(restore_size),
         error=(status.get("error") or {}).get("message"),
+        content=status.get("boundVolumeSnapshotContentName"),
     )
+
+
+def _nanos_time(nanos: int) -> datetime:
+    """A VolumeSnapshotContent creationTime (Unix nanoseconds), truncated to microseconds."""
+    return datetime.fromtimestamp(nanos // 1_000_000_000, UTC) + timedelta(
+        microseconds=(nanos % 1_000_000_000) // 1000
+    )
+
+
+def _micro_time(moment: datetime) -> str:
+    """A metav1.MicroTime: RFC 3339 with exactly six fractional digits, in UTC."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _lease_expired(lease: dict[str, Any]) -> bool:
+    spec = lease.get("spec") or {}
+    renewed = spec.get("renewTime") or lease["metadata"].get("creationTimestamp")
+    duration = spec.get("leaseDurationSeconds")
+    if not renewed or duration is None:
+        return True  # a lease that cannot say when it ends protects nothing
+    ends = datetime.fromisoformat(renewed).timestamp() + float(duration)
+    return ends < datetime.now(UTC).timestamp()
 
 
 def _reporting_instance() -> str:

@@ -1,6 +1,14 @@
 """Importing this module registers every built-in hook type."""
 
-from snapgroup.hooks import minio, mongodb, postgresql, writers
+import snapgroup.hooks.minio
+import snapgroup.hooks.mongodb
+import snapgroup.hooks.postgresql
+import snapgroup.hooks.writers
 
-BUILTIN_HOOK_TYPES = (writers, postgresql, mongodb, minio)
+BUILTIN_HOOK_TYPES = (
+    snapgroup.hooks.writers,
+    snapgroup.hooks.postgresql,
+    snapgroup.hooks.mongodb,
+    snapgroup.hooks.minio,
+)
 """The modules whose import registered the built-in hook types."""

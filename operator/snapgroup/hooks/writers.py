@@ -135,9 +135,10 @@ class IsolatedWriter(BoundHook):
             },
         )
         try:
-            await ctx.cluster.wait_pods_gone(
-                ctx.namespace, self.pod_selector, max(ctx.deadline - time.monotonic(), 0.0)
-            )
+            async with ctx.waits.waiting("pods"):
+                await ctx.cluster.wait_pods_gone(
+                    ctx.namespace, self.pod_selector, max(ctx.deadline - time.monotonic(), 0.0)
+                )
         except TimeoutError:
             raise StepError(
                 "FreezeBudgetExceeded",

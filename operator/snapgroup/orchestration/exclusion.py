@@ -86,7 +86,13 @@ async def exclusive_targets(
     try:
         yield
     finally:
-        for name in names:
-            # An unreleased Lease expires on its own after the budget plus margin.
-            with contextlib.suppress(StepError):
-                await ctx.cluster.release_lease(ctx.namespace, name, holder)
+        await release_targets(ctx, spec)
+
+
+async def release_targets(ctx: HookContext, spec: SnapshotGroupSpec) -> None:
+    """Give back every target Lease the group holds (after a run, or after recovering one)."""
+    holder = f"{ctx.group}/{ctx.group_uid}"
+    for key in target_keys(spec):
+        # An unreleased Lease expires on its own after the budget plus margin.
+        with contextlib.suppress(StepError):
+            await ctx.cluster.release_lease(ctx.namespace, lease_name(key), holder)

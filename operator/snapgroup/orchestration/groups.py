@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from snapgroup.api.snapshotgroup import Phase, SnapshotGroupSpec, SnapshotGroupStatus
 from snapgroup.hooks.registry import HookContext
+from snapgroup.orchestration.exclusion import release_targets
 from snapgroup.orchestration.journal import GroupRef, Journal
 from snapgroup.orchestration.protocol import READY_TIMEOUT, GroupRun
 from snapgroup.orchestration.recovery import discard_snapshots, undo_journal
@@ -70,7 +71,7 @@ class GroupRunner:
                 return
             run = GroupRun(ctx, journal, parsed, self.ready_timeout)
             if current.start_time is not None:
-                await self._recover(ctx, journal)
+                await self._recover(ctx, journal, parsed)
                 return
             self.runs[ref.uid] = run
             try:
@@ -78,9 +79,13 @@ class GroupRunner:
             finally:
                 self.runs.pop(ref.uid, None)
 
-    async def _recover(self, ctx: HookContext, journal: Journal) -> None:
+    async def _recover(
+        self, ctx: HookContext, journal: Journal, spec: SnapshotGroupSpec | None
+    ) -> None:
         undone = await undo_journal(ctx, journal)
         discarded = await discard_snapshots(ctx, journal)
+        if spec is not None:
+            await release_targets(ctx, spec)
         summary = "; ".join(undone) or "nothing had been applied"
         await journal.fail(
             "OperatorRestarted",
@@ -88,7 +93,7 @@ class GroupRunner:
             f"undone: {summary}; {discarded} snapshot(s) of the interrupted run deleted",
         )
 
-    async def deleted(self, ref: GroupRef, status: dict[str, Any]) -> None:
+    async def deleted(self, ref: GroupRef, spec: dict[str, Any], status: dict[str, Any]) -> None:
         """The group is being deleted: abort a running window and wait until it has thawed.
 
         A group interrupted by an operator crash and deleted while the operator was down is
@@ -102,7 +107,11 @@ class GroupRunner:
                 return
             current = SnapshotGroupStatus.model_validate(status or {})
             if current.start_time is not None:
-                await self._recover(self._context(ref), Journal(self.cluster, ref, current))
+                try:
+                    parsed: SnapshotGroupSpec | None = SnapshotGroupSpec.model_validate(spec)
+                except ValidationError:
+                    parsed = None  # it never ran, so it holds no Lease
+                await self._recover(self._context(ref), Journal(self.cluster, ref, current), parsed)
 
     @staticmethod
     def is_terminal(status: dict[str, Any] | None) -> bool:

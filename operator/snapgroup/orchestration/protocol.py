@@ -46,6 +46,8 @@ UNDO_BACKOFF = (0.2, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
 """Pauses between attempts of one undo: about 16 s in all, enough to ride out an API server
 restart, short enough that a broken target is reported rather than retried forever."""
 UNDO_ATTEMPTS = len(UNDO_BACKOFF) + 1
+BUDGET_SLACK = 0.5
+"""Seconds before the deadline within which a timed-out wait counts as the budget running out."""
 WAIT_TIMEOUT = 3600.0
 """How long a group waits for another group holding its targets before it fails."""
 READY_TIMEOUT = 600.0
@@ -142,10 +144,7 @@ class GroupRun:
             if not done:
                 window.cancel()
                 await asyncio.gather(window, return_exceptions=True)
-                failure = StepError(
-                    "FreezeBudgetExceeded",
-                    f"the freeze budget of {self.spec.freeze_budget} ran out while "
-                    f"{j.status.message}; everything was thawed at once")
+                failure = self._budget_exceeded()
             else:
                 failure = self._window_failure(window)
         except asyncio.CancelledError:
@@ -159,6 +158,12 @@ class GroupRun:
             await self._discard_uncut()
         return failure
 
+    def _budget_exceeded(self) -> StepError:
+        return StepError(
+            "FreezeBudgetExceeded",
+            f"the freeze budget of {self.spec.freeze_budget} ran out while "
+            f"{self.journal.status.message}; everything was thawed at once")
+
     def _window_failure(self, window: asyncio.Task[None]) -> StepError | None:
         if window.cancelled():
             return self._abort_reason or StepError("Aborted", "the freeze window was cancelled")
@@ -168,6 +173,9 @@ class GroupRun:
         if isinstance(exc, StepError):
             return exc
         if isinstance(exc, TimeoutError):
+            if time.monotonic() >= self.ctx.deadline - BUDGET_SLACK:
+                # A wait bounded by the budget ran out a moment before the window's own timer.
+                return self._budget_exceeded()
             return StepError("Timeout", f"a step timed out while {self.journal.status.message}")
         log.error("unexpected error in the freeze window", exc_info=exc)
         return StepError("InternalError", f"{type(exc).__name__}: {exc}")
@@ -411,7 +419,8 @@ class GroupRun:
                 info = infos.get(snap.name)
                 if info is None:
                     continue
-                snap.creation_time = info.creation_time or snap.creation_time
+                # The first time seen is the precise one (from the content); keep it.
+                snap.creation_time = snap.creation_time or info.creation_time
                 snap.ready_to_use = info.ready_to_use
                 snap.restore_size = info.restore_size
                 snap.error = info.error

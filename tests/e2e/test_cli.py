@@ -1,0 +1,107 @@
+"""The `snapgroup` command as a person or a script uses it against the local cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.bleater import Bleater
+from e2e.kube import Kube
+from e2e.operator_process import REPO, OperatorProcess
+from e2e.test_bleater_group import sample
+
+pytestmark = pytest.mark.cluster
+
+
+def snapgroup(cluster: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI the way a user does, with the cluster's kubeconfig."""
+    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "operator"), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "snapgroup", *args], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+
+
+def versions(kube: Kube) -> dict[str, str]:
+    """resourceVersions of everything a plan could touch in bleater."""
+    found = {f"deploy/{d.metadata.name}": d.metadata.resource_version
+             for d in kube.apps.list_namespaced_deployment("bleater").items}
+    found |= {f"pvc/{c.metadata.name}": c.metadata.resource_version
+              for c in kube.core.list_namespaced_persistent_volume_claim("bleater").items}
+    found |= {f"secret/{s.metadata.name}": s.metadata.resource_version
+              for s in kube.core.list_namespaced_secret("bleater").items}
+    return found
+
+
+def test_plan_lists_writers_volumes_and_hooks_in_order_and_changes_nothing(
+    local_cluster: Any, crds: None, kube: Kube, tmp_path: Path
+) -> None:
+    before = versions(kube)
+    result = snapgroup(local_cluster, "plan", "-f", str(REPO / "deploy/samples/bleater-snapshotgroup.yaml"),
+                       "-o", "json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)[0]
+    assert plan["writers"] == ["Deployment/data-writer"]
+    assert [v["pvc"] for v in plan["volumes"]] == ["postgres-data", "mongodb-data", "minio-data"]
+    assert [(h["step"], h["target"]) for h in plan["hooks"]] == [
+        ("isolate", "writer:Deployment/data-writer"),
+        ("quiesce", "service:postgres"), ("quiesce", "service:mongodb"), ("quiesce", "service:minio"),
+        ("cut", "3 service(s)"),
+        ("resume", "service:minio"), ("resume", "service:mongodb"), ("resume", "service:postgres"),
+        ("resume", "writer:Deployment/data-writer"),
+    ]
+    assert plan["problems"] == []
+    assert versions(kube) == before, "a dry run must not change anything"
+    table = snapgroup(local_cluster, "plan", "-f", str(REPO / "deploy/samples/bleater-snapshotgroup.yaml"))
+    assert "data-writer" in table.stdout and "No problems found" in table.stdout
+
+
+def test_plan_of_a_broken_spec_lists_every_problem(local_cluster: Any, crds: None, tmp_path: Path) -> None:
+    doc = sample("broken")
+    doc["spec"]["writers"] = [{"name": "no-such-writer"}]
+    doc["spec"]["services"][0]["pvcs"] = ["no-such-claim"]
+    doc["spec"]["services"][1]["connection"]["secretRef"]["name"] = "no-such-secret"
+    doc["spec"]["volumeSnapshotClassName"] = "no-such-class"
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = snapgroup(local_cluster, "plan", "-f", str(path), "-o", "json")
+    assert result.returncode == 1
+    problems = {(p["reason"], p["field"]) for p in json.loads(result.stdout)[0]["problems"]}
+    assert {
+        ("WriterNotFound", "spec.writers[0].name"),
+        ("PVCNotFound", "spec.services[0].pvcs[0]"),
+        ("SecretNotFound", "spec.services[1].connection.secretRef.name"),
+        ("VolumeSnapshotClassNotFound", "spec.volumeSnapshotClassName"),
+    } <= problems
+
+
+def test_verify_passes_a_consistent_group_and_fails_an_inconsistent_one(
+    local_cluster: Any, operator: OperatorProcess, kube: Kube, bleater: Bleater, group_name: str
+) -> None:
+    good, bad = f"{group_name}-ok", f"{group_name}-nowriter"
+    kube.create_group(sample(good))
+    kube.wait_group("bleater", good)
+    kube.create_group(sample(bad, writers=[]))
+    kube.wait_group("bleater", bad)
+
+    passed = snapgroup(local_cluster, "verify", good, "-n", "bleater")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "verified" in passed.stdout
+
+    failed = snapgroup(local_cluster, "verify", bad, "-n", "bleater", "-o", "json")
+    assert failed.returncode == 1
+    report = json.loads(failed.stdout)
+    assert report["passed"] is False
+    failing = {c["subject"] for c in report["checks"] if not c["passed"]}
+    assert failing & {"postgres", "mongodb", "minio"}, failing
+
+    status = snapgroup(local_cluster, "status", good, "-n", "bleater")
+    assert status.returncode == 0 and "Phase: Succeeded" in status.stdout
+    missing = snapgroup(local_cluster, "verify", "no-such-group", "-n", "bleater")
+    assert missing.returncode == 2 and "not found" in missing.stderr
