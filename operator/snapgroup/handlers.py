@@ -19,6 +19,8 @@ from snapgroup.orchestration.scheduler import Scheduler, ScheduleRef
 from snapgroup.runtime import Runtime
 
 log = logging.getLogger("snapgroup.handlers")
+STOP_TIMEOUT = 60.0
+"""How long a stopping operator waits for open freeze windows to thaw."""
 assert BUILTIN_HOOK_TYPES  # imported for registration
 
 
@@ -59,19 +61,20 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     """Release clients."""
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
+        await runtime.runner.stop(timeout=STOP_TIMEOUT)
         runtime.close()
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
 async def group_created(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A new group: run it."""
-    await _runner(memo).reconcile(_ref(body), dict(body.get("spec", {})), dict(body.get("status", {})))
+    _runner(memo).start(_ref(body), dict(body.get("spec", {})), dict(body.get("status", {})))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 async def group_resumed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A group seen at start-up: recover it if a run was interrupted."""
-    await _runner(memo).reconcile(_ref(body), dict(body.get("spec", {})), dict(body.get("status", {})))
+    _runner(memo).start(_ref(body), dict(body.get("spec", {})), dict(body.get("status", {})))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

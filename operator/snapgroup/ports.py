@@ -129,6 +129,10 @@ class Cluster(Protocol):
         """Delete a VolumeSnapshot; a missing one counts as deleted."""
         ...
 
+    async def orphan_snapshot(self, namespace: str, name: str) -> None:
+        """Drop a VolumeSnapshot's owner references, so it outlives its group."""
+        ...
+
     async def list_snapshots(self, namespace: str, selector: str) -> list[SnapshotInfo]:
         """VolumeSnapshots matching a label selector."""
         ...

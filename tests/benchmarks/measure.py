@@ -115,6 +115,19 @@ def apiserver_requests(cluster: LocalCluster) -> dict[str, float]:
     return by_label(metric_samples(text, "apiserver_request_total"), "verb")
 
 
+def apiserver_snapshot_requests(cluster: LocalCluster) -> dict[str, float]:
+    """Requests the API server has served on VolumeSnapshots and their contents, by resource and verb."""
+    text = cluster.api("GET", "/metrics")
+    if not isinstance(text, str):
+        raise BenchmarkError("the API server's /metrics did not answer with the text format")
+    totals: dict[str, float] = {}
+    for labels, value in metric_samples(text, "apiserver_request_total"):
+        if labels.get("resource") in ("volumesnapshots", "volumesnapshotcontents"):
+            key = f"{labels['resource']} {labels.get('verb', '')}"
+            totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
 def delta(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
     """after - before per key (keys of either), dropping zeros."""
     keys = set(after) | set(before)

@@ -22,6 +22,7 @@ from benchmarks.measure import (
     BenchmarkError,
     ResourceSampler,
     apiserver_requests,
+    apiserver_snapshot_requests,
     csi_archives,
     delta,
     median,
@@ -177,7 +178,8 @@ class GroupOutcome:
                        if c.get("type") == "Succeeded"), None)
         out: JSON = {
             "namespace": self.namespace, "name": self.name, "phase": self.phase,
-            "consistent": self.consistent, "reason": reason, "window": self.window,
+            "consistent": self.consistent, "reason": reason, "message": self.status.get("message"),
+            "window": self.window,
             "breakdown": (self.status.get("freeze") or {}).get("breakdown") or {},
             "startTime": self.status.get("startTime"),
             "completionTime": self.status.get("completionTime"),
@@ -269,6 +271,7 @@ class ScaleBenchmark:
         before_operator = operator_requests(self.operator)
         before_api = apiserver_requests(self.cluster)
         pipeline_before = snapshot_pipeline(self.cluster)
+        snapshot_api_before = apiserver_snapshot_requests(self.cluster)
         sampler.start()
         started_wall = time.time()
         started = time.monotonic()
@@ -286,6 +289,7 @@ class ScaleBenchmark:
         use = sampler.stop()
         archives = [a for a in csi_archives(self.cluster) if started_wall <= a.cut_at <= ended_wall]
         pipeline = pipeline_means(snapshot_pipeline(self.cluster), pipeline_before)
+        snapshot_api = delta(apiserver_snapshot_requests(self.cluster), snapshot_api_before)
         operator_delta = delta(operator_requests(self.operator), before_operator)
         api_delta = delta(apiserver_requests(self.cluster), before_api)
         outcomes = [GroupOutcome(g["metadata"]["namespace"], g["metadata"]["name"], g.get("status") or {})
@@ -317,6 +321,9 @@ class ScaleBenchmark:
                 "lastCutAfterApply": round(max((a.cut_at for a in archives), default=math.nan)
                                            - started_wall, 3),
                 "pipeline": pipeline,
+                # Every client's requests on VolumeSnapshots and contents (the operator's too).
+                "apiRequests": snapshot_api,
+                "apiRequestsPerSecond": round(sum(snapshot_api.values()) / all_done, 2),
             },
             "groups": [o.as_json() for o in outcomes],
         }

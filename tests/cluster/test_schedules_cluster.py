@@ -6,8 +6,7 @@ stops new groups, deleting the schedule leaves no child behind, and bad input is
 time or reported in the Ready condition. Kubernetes, the snapshot controller and PostgreSQL are
 real; MongoDB and MinIO are the local cluster's stand-ins (see tests/localcluster).
 
-Uses the `operator` and `kube` fixtures of tests/e2e/conftest.py; until they are shared with this
-directory, run with ``-p e2e.conftest``.
+Uses the shared `operator` and `kube` fixtures (tests/e2e/fixtures.py).
 """
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ OPERATOR_PERMISSIONS: set[Permission] = {
     *(("snapgroup.dev", "snapshotgroups/status", v) for v in ("get", "patch")),
     *(("snapgroup.dev", "scheduledsnapshotgroups", v) for v in ("get", "list", "watch", "patch")),
     *(("snapgroup.dev", "scheduledsnapshotgroups/status", v) for v in ("get", "patch")),
+    ("snapgroup.dev", "snapshotgroups/finalizers", "update"),
+    ("snapgroup.dev", "scheduledsnapshotgroups/finalizers", "update"),
     *(("snapshot.storage.k8s.io", "volumesnapshots", v)
       for v in ("get", "list", "watch", "create", "delete", "patch")),
     ("snapshot.storage.k8s.io", "volumesnapshotcontents", "get"),

@@ -73,6 +73,9 @@ class FakeCluster:
         self.log.append(f"delete {name}")
         self.snapshots.pop(name, None)
 
+    async def orphan_snapshot(self, namespace: str, name: str) -> None:
+        self.log.append(f"orphan {name}")
+
     async def list_snapshots(self, namespace: str, selector: str) -> list[SnapshotInfo]:
         return [SnapshotInfo(n, None, False, None, None) for n in self.snapshots]
 
@@ -397,3 +400,48 @@ async def test_groups_over_the_same_targets_take_turns_and_disjoint_ones_do_not_
     waiting = next(c for c in cluster.by_group["second"][-1]["conditions"] if c["type"] == "Waiting")
     assert waiting["status"] == "False"
     assert cluster.leases == {}
+
+
+async def test_a_group_found_finalizing_after_a_restart_only_waits_for_readiness() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    finalizing = {
+        "phase": "Finalizing", "startTime": "2026-11-27T12:00:00Z",
+        "earliestSnapshotTime": "2026-11-27T12:00:00Z",
+        "services": [{"name": "postgres", "type": "postgresql", "lastRecordTime": "2026-11-27T11:59:59Z",
+                      "volumeSnapshots": [{"name": "nightly-postgres-pg-data", "pvc": "pg-data",
+                                           "creationTime": "2026-11-27T12:00:00Z"}]}],
+        "hooks": [{"name": "service:postgres", "type": "postgresql", "stage": "Post", "state": "Undone"}],
+    }
+    status = await run_group(cluster, status=finalizing)
+    assert log == ["wait ready"]
+    assert status.phase == Phase.SUCCEEDED and status.consistent is True
+    assert RECOVERED == []
+
+
+async def test_a_stopping_operator_thaws_open_windows_first() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    cluster.hang_groups.add("nightly")
+    runner = GroupRunner(cluster, connectors=None, ready_timeout=5)  # type: ignore[arg-type]
+    runner.start(REF, spec("60s").wire(), {})
+    await cluster.cutting.wait()
+    await runner.stop(timeout=10)
+    assert runner.tasks == {}
+    status = SnapshotGroupStatus.model_validate(cluster.patches[-1])
+    assert next(c.reason for c in status.conditions if c.type == "Succeeded") == "OperatorStopping"
+    assert {"undo service:postgres", "undo service:mongodb",
+            "undo writer:Deployment/data-writer"} <= set(log)
+
+
+async def test_retained_snapshots_lose_their_owner_before_the_group_goes() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    await run_group(cluster)
+    retained = {**spec().wire(), "snapshotDeletionPolicy": "Retain"}
+    runner = GroupRunner(cluster, connectors=None)  # type: ignore[arg-type]
+    await runner.deleted(REF, retained, {"phase": "Succeeded"})
+    assert {"orphan nightly-postgres-pg-data", "orphan nightly-mongodb-mongo-data"} <= set(log)
+    log.clear()
+    await runner.deleted(REF, spec().wire(), {"phase": "Succeeded"})
+    assert log == [], "with the default policy the snapshots go with the group"

@@ -332,6 +332,15 @@ class KubeCluster:
             allow={404},
         )
 
+    async def orphan_snapshot(self, namespace: str, name: str) -> None:
+        """Drop a VolumeSnapshot's owner references, so it outlives its group."""
+        await self._call(
+            "patch", f"release VolumeSnapshot {namespace}/{name} from its group",
+            self._custom.patch_namespaced_custom_object,
+            SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION, namespace, "volumesnapshots", name,
+            {"metadata": {"ownerReferences": None}}, allow={404},
+        )
+
     async def list_snapshots(self, namespace: str, selector: str) -> list[SnapshotInfo]:
         """VolumeSnapshots matching a label selector; an empty selector matches none."""
         if not selector:

@@ -15,6 +15,7 @@ from snapgroup.hooks.registry import HookContext
 from snapgroup.orchestration.exclusion import release_targets
 from snapgroup.orchestration.journal import GroupRef, Journal
 from snapgroup.orchestration.protocol import READY_TIMEOUT, GroupRun
+from snapgroup.orchestration.snapshots import group_selector
 from snapgroup.orchestration.recovery import discard_snapshots, undo_journal
 from snapgroup.ports import Cluster, Connectors
 
@@ -31,6 +32,7 @@ class GroupRunner:
         self.connectors = connectors
         self.ready_timeout = ready_timeout
         self.runs: dict[str, GroupRun] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
         self._busy: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @asynccontextmanager
@@ -54,6 +56,30 @@ class GroupRunner:
             cluster=self.cluster, connectors=self.connectors,
         )
 
+    def start(self, ref: GroupRef, spec: dict[str, Any], status: dict[str, Any]) -> None:
+        """Reconcile in the background, so the group's deletion can reach a running window.
+
+        (kopf handles one event of an object at a time: a deletion would wait behind a
+        handler that runs the whole protocol.)
+        """
+        if ref.uid in self.tasks:
+            return
+        task = asyncio.create_task(self.reconcile(ref, spec, status), name=f"group {ref.qualified}")
+        self.tasks[ref.uid] = task
+        task.add_done_callback(lambda done: self._finished(ref, done))
+
+    def _finished(self, ref: GroupRef, task: asyncio.Task[None]) -> None:
+        self.tasks.pop(ref.uid, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("group %s/%s: run failed", ref.namespace, ref.name, exc_info=task.exception())
+
+    async def stop(self, timeout: float) -> None:
+        """The operator is stopping: thaw every open window, then let the runs end."""
+        for run in list(self.runs.values()):
+            run.abort("OperatorStopping", "the operator stopped during the group's freeze window")
+        if self.tasks:
+            await asyncio.wait(list(self.tasks.values()), timeout=timeout)
+
     async def reconcile(self, ref: GroupRef, spec: dict[str, Any], status: dict[str, Any]) -> None:
         """Run a new group, recover an interrupted one, leave a finished one alone."""
         async with self._exclusive(ref.uid):
@@ -70,6 +96,10 @@ class GroupRunner:
                 await journal.fail("InvalidSpec", f"spec.{where}: {first['msg']}; nothing was touched")
                 return
             run = GroupRun(ctx, journal, parsed, self.ready_timeout)
+            if current.phase == Phase.FINALIZING:
+                # The window had closed and everything was resumed: only readiness is left.
+                await run.finalize()
+                return
             if current.start_time is not None:
                 await self._recover(ctx, journal, parsed)
                 return
@@ -103,6 +133,8 @@ class GroupRunner:
         if run is not None:
             run.abort("GroupDeleted", "the SnapshotGroup was deleted during its run")
         async with self._exclusive(ref.uid):
+            if spec.get("snapshotDeletionPolicy") == "Retain":
+                await self._retain_snapshots(ref)
             if run is not None or self.is_terminal(status):
                 return
             current = SnapshotGroupStatus.model_validate(status or {})
@@ -112,6 +144,12 @@ class GroupRunner:
                 except ValidationError:
                     parsed = None  # it never ran, so it holds no Lease
                 await self._recover(self._context(ref), Journal(self.cluster, ref, current), parsed)
+
+    async def _retain_snapshots(self, ref: GroupRef) -> None:
+        """snapshotDeletionPolicy Retain: the group's snapshots stay when it goes."""
+        snapshots = await self.cluster.list_snapshots(ref.namespace, group_selector(ref.name))
+        for snap in snapshots:
+            await self.cluster.orphan_snapshot(ref.namespace, snap.name)
 
     @staticmethod
     def is_terminal(status: dict[str, Any] | None) -> bool:

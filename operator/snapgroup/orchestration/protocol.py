@@ -109,7 +109,7 @@ class GroupRun:
         if failure is not None:
             await self.fail(failure.reason, failure.message)
             return
-        await self._finalize()
+        await self.finalize()
 
     async def _plan_and_freeze(self) -> StepError | None:
         plan = await make_plan(self.ctx, self.spec)
@@ -383,7 +383,8 @@ class GroupRun:
 
     # -- after the window ---------------------------------------------------------------
 
-    async def _finalize(self) -> None:
+    async def finalize(self) -> None:
+        """After the window: wait for readyToUse, judge consistency, succeed."""
         j, ctx = self.journal, self.ctx
         j.phase(Phase.FINALIZING, "waiting for snapshots to be ready")
         await j.flush()

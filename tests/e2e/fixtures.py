@@ -1,4 +1,5 @@
-"""Fixtures of the end-to-end tests: the CRDs installed, the operator running as a process."""
+"""Fixtures of the cluster and end-to-end tests: the CRDs installed, the operator running as a
+process, test-side clients (registered in tests/conftest.py)."""
 
 from __future__ import annotations
 
