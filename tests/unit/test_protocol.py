@@ -50,6 +50,8 @@ class FakeCluster:
         self.leases: dict[str, str] = {}
         self.lease_changed = asyncio.Condition()
         self.by_group: dict[str, list[dict[str, Any]]] = {}
+        self.waiting = asyncio.Event()
+        """Set when a group reports that it waits for another one."""
         self.patches: list[dict[str, Any]] = []
         self.events: list[tuple[str, str, str]] = []
 
@@ -92,6 +94,9 @@ class FakeCluster:
     async def patch_group_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.patches.append(copy.deepcopy(status))
         self.by_group.setdefault(name, []).append(copy.deepcopy(status))
+        if any(c.get("type") == "Waiting" and c.get("status") == "True"
+               for c in status.get("conditions", [])):
+            self.waiting.set()
 
     async def acquire_lease(self, namespace: str, name: str, holder: str, seconds: int) -> str | None:
         current = self.leases.setdefault(name, holder)
@@ -376,11 +381,7 @@ async def test_groups_over_the_same_targets_take_turns_and_disjoint_ones_do_not_
     await cluster.cutting.wait()
     second_ref = GroupRef("bleater", "second", "uid-2", 1)
     second = asyncio.create_task(runner.reconcile(second_ref, spec("60s").wire(), {}))
-    while not any(
-        c.get("type") == "Waiting" and c.get("status") == "True"
-        for p in cluster.by_group.get("second", []) for c in p.get("conditions", [])
-    ):
-        await asyncio.sleep(0)  # let the second group reach its lease wait
+    await cluster.waiting.wait()
     assert log.count("apply writer:Deployment/data-writer") == 1  # the second has not started
 
     disjoint = SnapshotGroupSpec.model_validate({

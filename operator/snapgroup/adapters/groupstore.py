@@ -11,7 +11,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from snapgroup.api import API_VERSION, GROUP, VERSION
+from snapgroup.api import GROUP, VERSION
 from snapgroup.api.schedule import KIND as SCHEDULE_KIND
 from snapgroup.api.schedule import PLURAL as SCHEDULE_PLURAL
 from snapgroup.api.schedule import SCHEDULED_TIME_ANNOTATION
@@ -19,10 +19,9 @@ from snapgroup.api.snapshotgroup import KIND as GROUP_KIND
 from snapgroup.api.snapshotgroup import PLURAL as GROUP_PLURAL
 from snapgroup.ports import EventType, ScheduledGroup, StepError
 
-from .kube import EVENT_SOURCE_COMPONENT, REPORTING_CONTROLLER, KubeCluster, _reporting_instance
+from .kube import KubeCluster
 
 _MERGE_PATCH = "application/merge-patch+json"
-_EVENT_MESSAGE_LIMIT = 1024
 _REFUSED = (400, 422)  # the object itself is wrong: retrying the same body cannot help
 
 
@@ -109,29 +108,7 @@ class KubeGroupStore:
         self, namespace: str, name: str, uid: str, event_type: EventType, reason: str, message: str,
     ) -> None:
         """Record a core/v1 Event on the schedule, as ``kubectl describe`` shows them."""
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{name}.", "namespace": namespace},
-            "involvedObject": {
-                "apiVersion": API_VERSION, "kind": SCHEDULE_KIND,
-                "namespace": namespace, "name": name, "uid": uid,
-            },
-            "type": event_type,
-            "reason": reason,
-            "message": message[:_EVENT_MESSAGE_LIMIT],
-            "source": {"component": EVENT_SOURCE_COMPONENT},
-            "reportingComponent": REPORTING_CONTROLLER,
-            "reportingInstance": _reporting_instance(),
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        await self._cluster._call(
-            "create", f"record event {reason} on {SCHEDULE_KIND} {namespace}/{name}",
-            self._cluster._core.create_namespaced_event, namespace, event,
-        )
+        await self._cluster.record_event(SCHEDULE_KIND, namespace, name, uid, event_type, reason, message)
 
 
 def _scheduled_group(obj: dict[str, Any]) -> ScheduledGroup:

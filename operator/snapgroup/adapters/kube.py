@@ -480,13 +480,20 @@ class KubeCluster:
         self, namespace: str, name: str, uid: str, event_type: EventType, reason: str, message: str,
     ) -> None:
         """Record a core/v1 Event on the SnapshotGroup, as ``kubectl describe`` shows them."""
+        await self.record_event(KIND, namespace, name, uid, event_type, reason, message)
+
+    async def record_event(
+        self, kind: str, namespace: str, name: str, uid: str, event_type: EventType, reason: str,
+        message: str,
+    ) -> None:
+        """Record a core/v1 Event on one of the operator's own objects (a snapgroup.dev kind)."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"generateName": f"{name}.", "namespace": namespace},
             "involvedObject": {
-                "apiVersion": API_VERSION, "kind": KIND,
+                "apiVersion": API_VERSION, "kind": kind,
                 "namespace": namespace, "name": name, "uid": uid,
             },
             "type": event_type,
@@ -500,7 +507,7 @@ class KubeCluster:
             "count": 1,
         }
         await self._call(
-            "create", f"record event {reason} on {KIND} {namespace}/{name}",
+            "create", f"record event {reason} on {kind} {namespace}/{name}",
             self._core.create_namespaced_event, namespace, event,
         )
 

@@ -15,8 +15,8 @@ from snapgroup.hooks.registry import HookContext
 from snapgroup.orchestration.exclusion import release_targets
 from snapgroup.orchestration.journal import GroupRef, Journal
 from snapgroup.orchestration.protocol import READY_TIMEOUT, GroupRun
-from snapgroup.orchestration.snapshots import group_selector
 from snapgroup.orchestration.recovery import discard_snapshots, undo_journal
+from snapgroup.orchestration.snapshots import group_selector
 from snapgroup.ports import Cluster, Connectors
 
 log = logging.getLogger("snapgroup.groups")
