@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from snapgroup.api.crd import check_crds, write_crds
 from snapgroup.api.snapshotgroup import KIND, SnapshotGroupSpec, SnapshotGroupStatus
 from snapgroup.hooks.registry import HookContext
+from snapgroup.orchestration.groups import MAX_WINDOWS
 from snapgroup.orchestration.plan import Plan, make_plan
 from snapgroup.orchestration.verification import verify
 from snapgroup.ports import PlanError
@@ -58,7 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf logs in through the same kubeconfig
     if args.metrics_port:
         metrics.serve(args.metrics_port)
-    memo = kopf.Memo(runtime=Runtime.from_environment(args.kubeconfig, args.namespace or ()))
+    memo = kopf.Memo(
+        runtime=Runtime.from_environment(args.kubeconfig, args.namespace or (), args.max_windows)
+    )
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
@@ -325,6 +328,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--namespace", "-n", action="append", help="watch only this namespace (repeatable)")
     run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="health endpoint URL")
     run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
+    run.add_argument("--max-windows", type=int, default=MAX_WINDOWS,
+                     help="freeze windows open at once; later groups wait, with nothing frozen")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=cmd_run)
 

@@ -12,7 +12,6 @@ from snapgroup.api.labels import FINALIZER, SCHEDULE_LABEL
 from snapgroup.api.schedule import KIND as SCHEDULE_KIND
 from snapgroup.api.schedule import PLURAL as SCHEDULE_PLURAL
 from snapgroup.api.snapshotgroup import PLURAL
-from snapgroup.hooks.builtin import BUILTIN_HOOK_TYPES
 from snapgroup.orchestration.groups import GroupRunner
 from snapgroup.orchestration.journal import GroupRef
 from snapgroup.orchestration.scheduler import Scheduler, ScheduleRef
@@ -21,7 +20,6 @@ from snapgroup.runtime import Runtime
 log = logging.getLogger("snapgroup.handlers")
 STOP_TIMEOUT = 60.0
 """How long a stopping operator waits for open freeze windows to thaw."""
-assert BUILTIN_HOOK_TYPES  # imported for registration
 
 
 def _ref(body: kopf.Body) -> GroupRef:

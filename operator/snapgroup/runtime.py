@@ -9,8 +9,11 @@ from functools import cached_property
 from snapgroup.adapters.connectors import DatabaseConnectors
 from snapgroup.adapters.groupstore import KubeGroupStore
 from snapgroup.adapters.kube import KubeCluster, load_api_client
+from snapgroup.hooks.builtin import BUILTIN_HOOK_TYPES
 from snapgroup.hooks.writers import restore_orphans
-from snapgroup.orchestration.groups import GroupRunner
+from snapgroup.orchestration.groups import MAX_WINDOWS, GroupRunner
+
+assert BUILTIN_HOOK_TYPES  # imported for registration: every entry point goes through here
 
 
 @dataclass
@@ -23,15 +26,18 @@ class Runtime:
 
     @classmethod
     def from_environment(
-        cls, kubeconfig: str | None = None, namespaces: Sequence[str] = ()
+        cls, kubeconfig: str | None = None, namespaces: Sequence[str] = (),
+        max_windows: int = MAX_WINDOWS,
     ) -> Runtime:
         """Clients from a kubeconfig, $KUBECONFIG, or the pod's service account.
 
-        namespaces: the namespaces the operator watches (empty: all).
+        namespaces: the namespaces the operator watches (empty: all); max_windows: freeze
+        windows open at once.
         """
         cluster = KubeCluster(load_api_client(kubeconfig), namespaces=namespaces)
         connectors = DatabaseConnectors()
-        return cls(cluster=cluster, connectors=connectors, runner=GroupRunner(cluster, connectors))
+        runner = GroupRunner(cluster, connectors, max_windows=max_windows)
+        return cls(cluster=cluster, connectors=connectors, runner=runner)
 
     @cached_property
     def group_store(self) -> KubeGroupStore:

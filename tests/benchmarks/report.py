@@ -463,7 +463,18 @@ def _bounds_section(results: JSON) -> list[str]:
                 "the sidecar's call to the driver took a mean "
                 f"{(csi.get('pipeline') or {}).get('sidecarCreateMeanSeconds', math.nan):.3f} s. The "
                 "groups' writers were all isolated within seconds of each other, so each group's "
-                "window is its place in that line.")
+                "window is its place in that line."
+                + (f" The API server served {csi['apiRequestsPerSecond']:.1f} requests/s on VolumeSnapshots "
+                   f"and their contents meanwhile ({sum(csi['apiRequests'].values()) / csi['snapshots']:.0f} "
+                   "per snapshot, every client)." if csi.get("apiRequests") else ""))
+        if any((r.get("csi") or {}).get("snapshots") for r in rounds if r["size"] > 1):
+            lines.append(
+                "- The local cluster starts the snapshot controller (external-snapshotter v8.6.0) without "
+                "`--kube-api-qps`/`--kube-api-burst`, so its API client is held to the defaults of 5 "
+                "requests/s with bursts of 10; each VolumeSnapshot costs it several requests (finalizers, "
+                "the content, status updates), which is consistent with the pace of about one snapshot per "
+                "second above. Raising those limits (or `--worker-threads`) is the experiment that would "
+                "confirm it; the operator cannot go faster than the cuts it waits for.")
         failed = [g for g in biggest["groups"] if g["phase"] != "Succeeded"]
         if failed:
             reasons = sorted({str(g.get("reason")) for g in failed})

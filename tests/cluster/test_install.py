@@ -200,7 +200,7 @@ def test_operator_pod_is_admitted_under_restricted_pod_security(
         ("create", "events", WATCHED),
         ("create", "events.events.k8s.io", WATCHED),
         ("create", "leases.coordination.k8s.io", WATCHED),
-        ("update", "leases.coordination.k8s.io", WATCHED),
+        ("patch", "leases.coordination.k8s.io", WATCHED),
         ("watch", "leases.coordination.k8s.io", WATCHED),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", None),
         ("list", "namespaces", None),

@@ -3,6 +3,7 @@ process, test-side clients (registered in tests/conftest.py)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -64,3 +65,26 @@ def group_name(request: pytest.FixtureRequest) -> str:
     """A unique, readable SnapshotGroup name per test."""
     base = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())[:40].strip("-")
     return f"{base}-{next(_counter)}"
+
+
+@pytest.fixture
+def armed(operator: OperatorProcess, local_cluster: Any, tmp_path: Path) -> Iterator[Any]:
+    """Stop the session's operator; hand out operators armed with failpoints
+    (SNAPGROUP_FAILPOINTS, see snapgroup.failpoints); start the session's operator again after."""
+    operator.stop()
+    started: list[OperatorProcess] = []
+
+    def arm(failpoints: str) -> OperatorProcess:
+        os.environ["SNAPGROUP_FAILPOINTS"] = failpoints
+        try:
+            process = OperatorProcess(Path(local_cluster.kubeconfig), tmp_path / "armed.log")
+            process.start()
+        finally:
+            del os.environ["SNAPGROUP_FAILPOINTS"]
+        started.append(process)
+        return process
+
+    yield arm
+    for process in started:
+        process.stop()
+    operator.start()

@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,28 +47,6 @@ CRASH_POINTS = [
     "undo:service:postgres",
     "undo:writer:Deployment/data-writer",
 ]
-
-
-@pytest.fixture
-def armed(operator: OperatorProcess, local_cluster: Any, tmp_path: Path) -> Iterator[Any]:
-    """Stop the session's operator; hand out operators armed with failpoints; restore after."""
-    operator.stop()
-    started: list[OperatorProcess] = []
-
-    def arm(failpoints: str) -> OperatorProcess:
-        os.environ["SNAPGROUP_FAILPOINTS"] = failpoints
-        try:
-            process = OperatorProcess(Path(local_cluster.kubeconfig), tmp_path / "armed.log")
-            process.start()
-        finally:
-            del os.environ["SNAPGROUP_FAILPOINTS"]
-        started.append(process)
-        return process
-
-    yield arm
-    for process in started:
-        process.stop()
-    operator.start()
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)

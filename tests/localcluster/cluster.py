@@ -546,7 +546,13 @@ class LocalCluster:
         )
 
     def _sidecar_args(self) -> list[str]:
-        return [f"--kubeconfig={self.kubeconfig}", "--leader-election=false"]
+        # The client-side rate limits default to 5 requests/s (burst 10): every snapshot takes
+        # several requests through the controller and the sidecar, so at the defaults a burst of
+        # snapshots is cut at about one per second. A production cluster tunes these as well.
+        return [
+            f"--kubeconfig={self.kubeconfig}", "--leader-election=false",
+            "--kube-api-qps=200", "--kube-api-burst=400", "--retry-interval-start=100ms",
+        ]
 
     def _snapshot_controller(self, bin_dir: Path) -> _Component:
         port = self._ports["snapshot-controller"]

@@ -446,3 +446,21 @@ async def test_retained_snapshots_lose_their_owner_before_the_group_goes() -> No
     log.clear()
     await runner.deleted(REF, spec().wire(), {"phase": "Succeeded"})
     assert log == [], "with the default policy the snapshots go with the group"
+
+
+async def test_window_slots_bound_open_windows_and_later_groups_wait_unfrozen() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    cluster.hang_groups.add("nightly")
+    cluster.pvcs["other-data"] = PvcInfo("other-data", "Bound", "sc", DRIVER)
+    runner = GroupRunner(cluster, connectors=None, ready_timeout=5, max_windows=1)  # type: ignore[arg-type]
+    first = asyncio.create_task(runner.reconcile(REF, spec("60s").wire(), {}))
+    await cluster.cutting.wait()
+    disjoint = SnapshotGroupSpec.model_validate({
+        "services": [{"name": "other", "type": "postgresql", "pvcs": ["other-data"],
+                      "connection": {"secretRef": {"name": "pg"}}}]})
+    second = asyncio.create_task(
+        runner.reconcile(GroupRef("bleater", "other", "uid-9", 1), disjoint.wire(), {}))
+    cluster.let_cut.set()
+    await asyncio.gather(first, second)
+    assert log.index("undo writer:Deployment/data-writer") < log.index("apply service:other")

@@ -21,13 +21,21 @@ from snapgroup.ports import Cluster, Connectors
 
 log = logging.getLogger("snapgroup.groups")
 
+MAX_WINDOWS = 8
+"""Default bound on freeze windows open at once: each window's length stays close to a lone
+group's when many groups start together (writers drain and snapshots are cut with less
+contention), and later groups wait with nothing frozen."""
+
 
 class GroupRunner:
     """The operator's in-process view of the groups it is working on."""
 
     def __init__(
-        self, cluster: Cluster, connectors: Connectors, ready_timeout: float = READY_TIMEOUT
+        self, cluster: Cluster, connectors: Connectors, ready_timeout: float = READY_TIMEOUT,
+        max_windows: int = MAX_WINDOWS,
     ) -> None:
+        self.window_slots = asyncio.Semaphore(max_windows)
+        """Freeze windows open at once, operator-wide."""
         self.cluster = cluster
         self.connectors = connectors
         self.ready_timeout = ready_timeout
@@ -95,7 +103,7 @@ class GroupRunner:
                 where = ".".join(str(p) for p in first["loc"])
                 await journal.fail("InvalidSpec", f"spec.{where}: {first['msg']}; nothing was touched")
                 return
-            run = GroupRun(ctx, journal, parsed, self.ready_timeout)
+            run = GroupRun(ctx, journal, parsed, self.ready_timeout, window_slots=self.window_slots)
             if current.phase == Phase.FINALIZING:
                 # The window had closed and everything was resumed: only readiness is left.
                 await run.finalize()

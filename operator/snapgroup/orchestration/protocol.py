@@ -79,8 +79,10 @@ class GroupRun:
     def __init__(
         self, ctx: HookContext, journal: Journal, spec: SnapshotGroupSpec,
         ready_timeout: float = READY_TIMEOUT, wait_timeout: float = WAIT_TIMEOUT,
+        window_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.wait_timeout = wait_timeout
+        self.window_slots = window_slots or asyncio.Semaphore(1)
         self.ctx = ctx
         self.journal = journal
         self.spec = spec
@@ -102,7 +104,12 @@ class GroupRun:
         await j.flush()
 
         try:
-            async with exclusive_targets(self.ctx, j, self.spec, self.wait_timeout):
+            # Queue for a window slot before planning: a burst of groups then waits with
+            # nothing frozen, instead of every window stretching over shared resources.
+            async with (
+                exclusive_targets(self.ctx, j, self.spec, self.wait_timeout),
+                self.window_slots,
+            ):
                 failure = await self._plan_and_freeze()
         except StepError as exc:
             failure = exc
