@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from snapgroup.adapters.kube import DEFAULT_SNAPSHOT_CLASS_ANNOTATION, KubeCluster, load_api_client
+from snapgroup.adapters.kube import DEFAULT_SNAPSHOT_CLASS_ANNOTATION, KubeCluster
 from snapgroup.api import API_VERSION
 from snapgroup.api.crd import SNAPSHOT_GROUP
 from snapgroup.api.labels import GROUP_LABEL, ISOLATED_BY
@@ -24,6 +24,9 @@ from snapgroup.api.snapshotgroup import KIND, PLURAL
 from snapgroup.ports import StepError
 
 pytestmark = pytest.mark.cluster
+
+# The `namespace` fixture (tests/cluster/conftest.py) names the module's namespace after this.
+NAMESPACE_PREFIX = "kube-adapter"
 
 PLACEHOLDER_IMAGE = "snapgroup.dev/placeholder:0.1"
 WAIT = 90  # seconds for the control plane to act (bind a claim, cut a snapshot, ...)
@@ -88,22 +91,6 @@ def deployment(name: str, replicas: int, labels: dict[str, str] | None = None) -
 
 
 # -- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def api(local_cluster: Any) -> Iterator[client.ApiClient]:
-    api_client = load_api_client(str(local_cluster.kubeconfig))
-    yield api_client
-    api_client.close()
-
-
-@pytest.fixture(scope="module")
-def namespace(api: client.ApiClient) -> Iterator[str]:
-    name = f"kube-adapter-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
 
 
 @pytest.fixture

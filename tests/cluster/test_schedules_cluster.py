@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import watch
-from kubernetes.client.exceptions import ApiException
 
 from e2e.kube import Kube
 from e2e.operator_process import REPO, OperatorProcess
@@ -71,17 +70,6 @@ def schedule(name: str, **spec: Any) -> dict[str, Any]:
 @pytest.fixture
 def schedule_name() -> Iterator[str]:
     yield f"sched-{uuid.uuid4().hex[:6]}"
-
-
-def get_schedule(kube: Kube, name: str) -> dict[str, Any] | None:
-    try:
-        found: dict[str, Any] = kube.custom.get_namespaced_custom_object(
-            GROUP, VERSION, NAMESPACE, SCHEDULES, name)
-        return found
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
 
 
 def ready(obj: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +238,7 @@ def test_deleting_the_schedule_leaves_no_children(
             kube, "snapshot.storage.k8s.io", "v1", "volumesnapshots", f"{GROUP_LABEL}={group_name}",
             lambda items: not items, 120, f"VolumeSnapshots of {group_name} deleted",
         )
-    assert get_schedule(kube, name) is None
+    assert kube.custom_object(NAMESPACE, SCHEDULES, name) is None
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from snapgroup.adapters.kube import KubeCluster, load_api_client
+from snapgroup.adapters.kube import KubeCluster
 from snapgroup.api.labels import FREEZE_DEADLINE, ISOLATED_BY, ORIGINAL_REPLICAS
 from snapgroup.api.snapshotgroup import WriterTarget
 from snapgroup.hooks.registry import HookContext
@@ -23,6 +23,9 @@ from snapgroup.hooks.writers import ScaleWriters, restore_orphans
 from snapgroup.ports import PlanError
 
 pytestmark = pytest.mark.cluster
+
+# The `namespace` fixture (tests/cluster/conftest.py) names the module's namespace after this.
+NAMESPACE_PREFIX = "writers"
 
 PLACEHOLDER_IMAGE = "snapgroup.dev/placeholder:0.1"
 WAIT = 90
@@ -67,22 +70,6 @@ def wait_for_pod_count(api: client.ApiClient, namespace: str, selector: str, cou
             watcher.stop()
             return
     raise AssertionError(f"{count} pods expected, {len(names)} exist after {WAIT}s")
-
-
-@pytest.fixture(scope="module")
-def api(local_cluster: Any) -> Iterator[client.ApiClient]:
-    api_client = load_api_client(str(local_cluster.kubeconfig))
-    yield api_client
-    api_client.close()
-
-
-@pytest.fixture(scope="module")
-def namespace(api: client.ApiClient) -> Iterator[str]:
-    name = f"writers-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(api)
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
 
 
 @pytest.fixture

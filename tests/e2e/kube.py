@@ -34,9 +34,13 @@ class Kube:
 
     def group(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A SnapshotGroup, or None."""
+        return self.custom_object(namespace, PLURAL, name)
+
+    def custom_object(self, namespace: str, plural: str, name: str) -> dict[str, Any] | None:
+        """One of the operator's custom objects (a group, a schedule), or None."""
         try:
             found: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name)
+                GROUP, VERSION, namespace, plural, name)
             return found
         except ApiException as exc:
             if exc.status == 404:

@@ -20,7 +20,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -30,34 +29,12 @@ from typing import Any
 
 import pytest
 
+from localcluster.services_bin import as_postgres, free_port, start_mongo_stand_in, start_process
 from snapgroup.adapters.connectors import DatabaseConnectors
 from snapgroup.hooks.registry import HookContext
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-TESTS_DIR = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def accepts_connections(port: int) -> bool:
-    """True when something accepts TCP connections on 127.0.0.1:port."""
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = START_TIMEOUT) -> None:
-    """Check condition every 50 ms until it holds; fail naming what after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 async def eventually(condition: Callable[[], Awaitable[bool]], what: str,
@@ -116,41 +93,6 @@ def closed_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-@dataclass
-class ServerProcess:
-    """A started server and its log file."""
-
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    @classmethod
-    def start(cls, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
-              ) -> ServerProcess:
-        """Start argv with stdout and stderr going to log_path."""
-        with log_path.open("ab") as log:
-            popen = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        return cls(popen, log_path)
-
-    def wait_listening(self, port: int, what: str) -> None:
-        """Return once the server accepts connections; fail with its log if it exits first."""
-        def ready() -> bool:
-            if self.popen.poll() is not None:
-                pytest.fail(f"{what} exited with {self.popen.returncode}:\n"
-                            f"{self.log_path.read_text(errors='replace')[-3000:]}")
-            return accepts_connections(port)
-        wait_until(ready, what)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s."""
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
 # --- PostgreSQL -----------------------------------------------------------------------------
 
 
@@ -181,11 +123,6 @@ class PostgresServer:
         return self.log_path.read_text(errors="replace")
 
 
-def _as_postgres(argv: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: switch to the postgres user when we are root."""
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL 15 cluster on 127.0.0.1 with a free port, password auth only.
@@ -206,23 +143,23 @@ def postgres_server() -> Iterator[PostgresServer]:
         shutil.chown(root, "postgres")
         shutil.chown(pwfile, "postgres")
     subprocess.run(
-        _as_postgres([str(PG_BIN / "initdb"), "-D", str(server.data_dir), "-U", "postgres",
-                      "--auth=scram-sha-256", f"--pwfile={pwfile}", "--no-sync"]),
+        as_postgres([str(PG_BIN / "initdb"), "-D", str(server.data_dir), "-U", "postgres",
+                     "--auth=scram-sha-256", f"--pwfile={pwfile}", "--no-sync"]),
         check=True, capture_output=True,
     )
     options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off "
                "-c full_page_writes=off")
     subprocess.run(
-        _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-l",
-                      str(server.log_path), "-o", options, "-w", "start"]),
+        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-l",
+                     str(server.log_path), "-o", options, "-w", "start"]),
         check=True, capture_output=True,
     )
     try:
         yield server
     finally:
         subprocess.run(
-            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-m", "immediate",
-                          "-w", "stop"]),
+            as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-m", "immediate",
+                         "-w", "stop"]),
             check=False, capture_output=True,
         )
         shutil.rmtree(root, ignore_errors=True)
@@ -276,30 +213,12 @@ class MongoServer:
 def mongo_server(service_binaries: Path) -> Iterator[MongoServer]:
     """FerretDB (SQLite, with authentication) and `python -m localcluster.mongolock` before it."""
     root = Path(tempfile.mkdtemp(prefix="snapgroup-mongo-"))
-    ferretdb_port, port = free_port(), free_port()
-    server = MongoServer(port, "snapgroup", "it-" + os.urandom(8).hex(), root / "mongolock.log")
-    ferretdb = ServerProcess.start(
-        [str(service_binaries / "ferretdb"), "--handler=sqlite", f"--sqlite-url=file:{root}/",
-         f"--listen-addr=127.0.0.1:{ferretdb_port}", "--telemetry=disable", "--state-dir=-",
-         "--debug-addr=-", "--log-level=error", "--test-enable-new-auth",
-         "--setup-database=admin", f"--setup-username={server.username}",
-         f"--setup-password={server.password}"],
-        root / "ferretdb.log",
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))}
-    lock_layer = ServerProcess.start(
-        [sys.executable, "-m", "localcluster.mongolock", "--listen", f"127.0.0.1:{port}",
-         "--upstream", f"127.0.0.1:{ferretdb_port}"],
-        server.lock_layer_log, env,
-    )
+    username, password = "snapgroup", "it-" + os.urandom(8).hex()
+    stand_in = start_mongo_stand_in(service_binaries, root, root, username, password, START_TIMEOUT)
     try:
-        ferretdb.wait_listening(ferretdb_port, "FerretDB")
-        lock_layer.wait_listening(port, "the fsync-lock layer")
-        yield server
+        yield MongoServer(stand_in.port, username, password, stand_in.lock_layer.log_path)
     finally:
-        lock_layer.stop()
-        ferretdb.stop()
+        stand_in.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -328,14 +247,15 @@ def s3_server(service_binaries: Path) -> Iterator[S3Server]:
     """`s3server --listen 127.0.0.1:PORT --data DIR` with an access key pair."""
     root = Path(tempfile.mkdtemp(prefix="snapgroup-s3-"))
     server = S3Server(free_port(), "snapgroup", "it-" + os.urandom(8).hex(), root / "data")
-    process = ServerProcess.start(
+    process = start_process(
+        "s3server",
         [str(service_binaries / "s3server"), "--listen", server.endpoint, "--data",
          str(server.data_dir), "--access-key", server.access_key, "--secret-key",
          server.secret_key, "--quiet"],
-        root / "s3server.log",
+        root,
     )
     try:
-        process.wait_listening(server.port, "s3server")
+        process.wait_listening(server.port, "s3server", START_TIMEOUT)
         yield server
     finally:
         process.stop()

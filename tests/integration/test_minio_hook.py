@@ -88,22 +88,24 @@ async def test_apply_and_undo_leave_the_store_writable(
     assert hook.evidence() == {}
 
 
-async def test_missing_bucket_fails_plan(s3_server: Any, hook_context: Any) -> None:
+@pytest.mark.parametrize(
+    ("bucket_name", "reason", "field_path", "message"),
+    [
+        pytest.param("no-such-bucket", "LastRecordNotFound", f"{PATH}.lastRecord.bucket",
+                     "no-such-bucket", id="missing-bucket"),
+        pytest.param("ab", "LastRecordInvalid", f"{PATH}.lastRecord", "invalid bucket name ab",
+                     id="invalid-bucket-name"),
+    ],
+)
+async def test_unusable_last_record_bucket_fails_plan(
+    s3_server: Any, hook_context: Any, bucket_name: str, reason: str, field_path: str, message: str
+) -> None:
     ctx = hook_context(**{SECRET: s3_server.secret()})
     with pytest.raises(PlanError) as caught:
-        await plan(ctx, target({"bucket": "no-such-bucket"}))
-    assert caught.value.reason == "LastRecordNotFound"
-    assert caught.value.field_path == f"{PATH}.lastRecord.bucket"
-    assert "no-such-bucket" in caught.value.message
-
-
-async def test_invalid_bucket_name_fails_plan(s3_server: Any, hook_context: Any) -> None:
-    ctx = hook_context(**{SECRET: s3_server.secret()})
-    with pytest.raises(PlanError) as caught:
-        await plan(ctx, target({"bucket": "ab"}))
-    assert caught.value.reason == "LastRecordInvalid"
-    assert caught.value.field_path == f"{PATH}.lastRecord"
-    assert "invalid bucket name ab" in caught.value.message
+        await plan(ctx, target({"bucket": bucket_name}))
+    assert caught.value.reason == reason
+    assert caught.value.field_path == field_path
+    assert message in caught.value.message
 
 
 async def test_wrong_secret_key_fails_plan_with_authentication_failed(

@@ -554,54 +554,43 @@ class LocalCluster:
             "--kube-api-qps=200", "--kube-api-burst=400", "--retry-interval-start=100ms",
         ]
 
-    def _snapshot_controller(self, bin_dir: Path) -> _Component:
-        port = self._ports["snapshot-controller"]
+    def _csi_sidecar(self, bin_dir: Path, name: str, *args: str, driver: bool = True) -> _Component:
+        """One of the CSI sidecars (or the snapshot controller), ready once its metrics answer.
+
+        ``driver``: whether it talks to the CSI driver's socket; ``args`` come after the common
+        ones and before ``--retry-interval-max``.
+        """
+        port = self._ports[name]
         return _Component(
-            "snapshot-controller",
+            name,
             [
-                str(bin_dir / "snapshot-controller"),
+                str(bin_dir / name),
                 *self._sidecar_args(),
+                *([f"--csi-address={self._csi_socket}"] if driver else []),
                 f"--http-endpoint=127.0.0.1:{port}",
+                *args,
                 "--retry-interval-max=30s",
             ],
+            # For the sidecars, the HTTP endpoint opens once they have talked to the driver.
             ready=lambda: _http_status(f"http://127.0.0.1:{port}/metrics") == 200,
         )
 
+    def _snapshot_controller(self, bin_dir: Path) -> _Component:
+        return self._csi_sidecar(bin_dir, "snapshot-controller", driver=False)
+
     def _csi_provisioner(self, bin_dir: Path) -> _Component:
-        port = self._ports["csi-provisioner"]
-        return _Component(
+        return self._csi_sidecar(
+            bin_dir,
             "csi-provisioner",
-            [
-                str(bin_dir / "csi-provisioner"),
-                *self._sidecar_args(),
-                f"--csi-address={self._csi_socket}",
-                f"--http-endpoint=127.0.0.1:{port}",
-                # No CSINode objects exist without a kubelet.
-                "--immediate-topology=false",
-                "--extra-create-metadata",
-                # Restoring a large snapshot takes longer than the default 10 s.
-                "--timeout=2m",
-                "--retry-interval-max=30s",
-            ],
-            # The HTTP endpoint opens once the sidecar has talked to the driver.
-            ready=lambda: _http_status(f"http://127.0.0.1:{port}/metrics") == 200,
+            # No CSINode objects exist without a kubelet.
+            "--immediate-topology=false",
+            "--extra-create-metadata",
+            # Restoring a large snapshot takes longer than the default 10 s.
+            "--timeout=2m",
         )
 
     def _csi_snapshotter(self, bin_dir: Path) -> _Component:
-        port = self._ports["csi-snapshotter"]
-        return _Component(
-            "csi-snapshotter",
-            [
-                str(bin_dir / "csi-snapshotter"),
-                *self._sidecar_args(),
-                f"--csi-address={self._csi_socket}",
-                f"--http-endpoint=127.0.0.1:{port}",
-                "--extra-create-metadata",
-                "--timeout=2m",
-                "--retry-interval-max=30s",
-            ],
-            ready=lambda: _http_status(f"http://127.0.0.1:{port}/metrics") == 200,
-        )
+        return self._csi_sidecar(bin_dir, "csi-snapshotter", "--extra-create-metadata", "--timeout=2m")
 
     def _hostpath_csi(self, bin_dir: Path) -> _Component:
         sock = self._csi_socket

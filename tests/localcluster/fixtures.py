@@ -1,4 +1,4 @@
-"""Pytest fixtures for the local cluster (registered in ``tests/conftest.py``)."""
+"""Pytest fixtures for the local cluster (registered in ``tests/conftest.py``), and waiting on it."""
 
 from __future__ import annotations
 
@@ -6,13 +6,28 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from localcluster.build import GoToolchainMissingError, ensure_binaries
 from localcluster.cluster import LocalCluster
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll condition until it returns a truthy value; fail naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,8 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
@@ -35,20 +33,10 @@ from localcluster.cluster import (
     LocalCluster,
     _Component,
 )
+from localcluster.fixtures import wait_for
 
-T = TypeVar("T")
-
-
-def wait_for(condition: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll condition until it returns a truthy value; fail naming what was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
+# The `namespace` fixture (tests/localcluster/conftest.py) names each test's namespace after this.
+NAMESPACE_PREFIX = "lc"
 
 
 def _get(cluster: LocalCluster, path: str) -> Any:
@@ -56,15 +44,6 @@ def _get(cluster: LocalCluster, path: str) -> Any:
         return cluster.api("GET", path)
     except ClusterError:
         return None
-
-
-@pytest.fixture
-def namespace(local_cluster: LocalCluster) -> Iterator[str]:
-    """A fresh namespace, deleted after the test."""
-    name = f"lc-{uuid.uuid4().hex[:8]}"
-    local_cluster.kubectl("create", "namespace", name)
-    yield name
-    local_cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 # --- the running cluster -------------------------------------------------------------------------

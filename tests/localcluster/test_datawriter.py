@@ -25,13 +25,13 @@ import pymongo
 import pytest
 from minio import Minio
 
-from localcluster.test_mongolock import (
+from localcluster.services_bin import (
     MongoStandIn,
     Process,
+    as_postgres,
     free_port,
     port_open,
     python_env,
-    services_bin_dir,
     start_mongo_stand_in,
     start_process,
     wait_until,
@@ -47,11 +47,6 @@ MONGO_PASSWORD = "mongo-sample-pass"
 S3_ACCESS_KEY = "bleater"
 S3_SECRET_KEY = "minio-sample-secret"
 BUCKET = "bleater"
-
-
-def as_postgres(argv: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run ``argv`` as the postgres OS user when we are root."""
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
 
 @dataclass
@@ -137,14 +132,6 @@ def postgres() -> Iterator[PostgresServer]:
             capture_output=True,
         )
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def bin_dir() -> Path:
-    """ferretdb and s3server, built if needed."""
-    if shutil.which("go") is None and "SNAPGROUP_SERVICES_BIN" not in os.environ:
-        pytest.skip("needs Go to build FerretDB and s3server")
-    return services_bin_dir()
 
 
 @pytest.fixture

@@ -10,42 +10,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
 
 from localcluster.cluster import ClusterError, LocalCluster
+from localcluster.fixtures import wait_for
 
 pytestmark = pytest.mark.cluster
 
-T = TypeVar("T")
+# The `namespace` fixture (tests/localcluster/conftest.py) names each test's namespace after this.
+NAMESPACE_PREFIX = "node"
 POSTGRES_PASSWORD = "node-test-pw"
-
-
-def wait_for(condition: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll until `condition` returns something truthy; fail naming what was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-
-
-@pytest.fixture
-def namespace(local_cluster: LocalCluster) -> Iterator[str]:
-    """A fresh namespace, deleted after the test."""
-    name = f"node-{uuid.uuid4().hex[:8]}"
-    local_cluster.kubectl("create", "namespace", name)
-    yield name
-    local_cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def _get(cluster: LocalCluster, path: str) -> Any:
@@ -123,7 +101,7 @@ def test_unknown_image_stays_pending_with_an_event(local_cluster: LocalCluster, 
         statuses = (pod or {}).get("status", {}).get("containerStatuses") or []
         return statuses[0]["state"].get("waiting", {}).get("reason") if statuses else None
 
-    assert wait_for(waiting_reason, 30, "a waiting reason on pod web") == "ImageNotEmulated"
+    assert wait_for(waiting_reason, 30, "a waiting reason on pod web", interval=0.1) == "ImageNotEmulated"
     assert local_cluster.api("GET", _pod_path(namespace, "web"))["status"]["phase"] == "Pending"
     events = wait_for(
         lambda: [
@@ -133,6 +111,7 @@ def test_unknown_image_stays_pending_with_an_event(local_cluster: LocalCluster, 
         ],
         30,
         "an ImageNotEmulated event",
+        interval=0.1,
     )
     assert events[0]["involvedObject"]["name"] == "web"
     assert "nginx:1.25" in events[0]["message"]
@@ -156,7 +135,7 @@ def test_postgres_pod_env_service_proxy_restart_and_deletion(
         },
     )
     cluster.api("POST", _pod_path(namespace), _postgres_pod("db-0", {"app": "db"}))
-    pod = wait_for(lambda: _ready_pod(cluster, namespace, "db-0"), 120, "pod db-0 to be Ready")
+    pod = wait_for(lambda: _ready_pod(cluster, namespace, "db-0"), 120, "pod db-0 to be Ready", interval=0.1)
 
     status = pod["status"]
     assert pod["spec"]["nodeName"] == "local-node"
@@ -196,7 +175,7 @@ def test_postgres_pod_env_service_proxy_restart_and_deletion(
             return current
         return None
 
-    pod = wait_for(restarted, 120, "db-0 to restart once and be Ready again")
+    pod = wait_for(restarted, 120, "db-0 to restart once and be Ready again", interval=0.1)
     last = pod["status"]["containerStatuses"][0]["lastState"]["terminated"]
     assert last["exitCode"] == 128 + signal.SIGKILL
     assert query("select 1") == 1
@@ -204,7 +183,9 @@ def test_postgres_pod_env_service_proxy_restart_and_deletion(
     # Deleting waits for the processes: once the object is gone, so are they.
     (pid,) = _processes(cluster, pod)
     cluster.api("DELETE", _pod_path(namespace, "db-0"))
-    wait_for(lambda: _get(cluster, _pod_path(namespace, "db-0")) is None, 60, "db-0 to be deleted")
+    wait_for(
+        lambda: _get(cluster, _pod_path(namespace, "db-0")) is None, 60, "db-0 to be deleted", interval=0.1
+    )
     assert not _alive(pid), "the pod object was removed while its postgres still ran"
 
 
@@ -252,7 +233,9 @@ def test_pod_env_follows_the_kubelet(local_cluster: LocalCluster, namespace: str
             },
         },
     )
-    pod = wait_for(lambda: _ready_pod(cluster, namespace, "writer"), 60, "pod writer to be Ready")
+    pod = wait_for(
+        lambda: _ready_pod(cluster, namespace, "writer"), 60, "pod writer to be Ready", interval=0.1
+    )
     (pid,) = _processes(cluster, pod)
     env = _environ(pid)
     service = cluster.api("GET", f"/api/v1/namespaces/{namespace}/services/my-db")

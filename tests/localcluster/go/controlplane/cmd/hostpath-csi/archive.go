@@ -17,24 +17,20 @@ import (
 	"time"
 )
 
-// writeArchive writes a gzip-compressed tar archive of srcDir to dstPath and returns the
-// archive's size. The directory may be in use (a database writing to it): a file or
-// directory that disappears during the walk is skipped, and a file is archived with the
-// bytes it has when it is read (padded with zeros if it shrank after its header was
-// written, since tar needs the announced size).
-func writeArchive(srcDir, dstPath string) (int64, error) {
+// captureVolume writes an uncompressed tar of srcDir to dstPath: the cut, kept as short as
+// reading the files allows because it happens inside the application's freeze window. The
+// directory may be in use (a database writing to it): a file or directory that disappears
+// during the walk is skipped, and a file is archived with the bytes it has when it is read
+// (padded with zeros if it shrank after its header was written, since tar needs the
+// announced size).
+func captureVolume(srcDir, dstPath string) error {
 	out, err := os.OpenFile(dstPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer out.Close()
 	buffered := bufio.NewWriterSize(out, 1<<20)
-	// BestSpeed: the archive is written inside the application's freeze window.
-	gz, err := gzip.NewWriterLevel(buffered, gzip.BestSpeed)
-	if err != nil {
-		return 0, err
-	}
-	tw := tar.NewWriter(gz)
+	tw := tar.NewWriter(buffered)
 
 	walkErr := filepath.WalkDir(srcDir, func(p string, _ fs.DirEntry, err error) error {
 		if err != nil {
@@ -54,9 +50,37 @@ func writeArchive(srcDir, dstPath string) (int64, error) {
 		return addEntry(tw, p, name)
 	})
 	if walkErr != nil {
-		return 0, walkErr
+		return walkErr
 	}
 	if err := tw.Close(); err != nil {
+		return err
+	}
+	if err := buffered.Flush(); err != nil {
+		return err
+	}
+	return out.Close()
+}
+
+// compressCapture gzips a captured tar into dstPath and returns the archive's size: the
+// driver's "upload", which runs after the cut, outside the freeze window, as a cloud
+// driver's upload to its object store does.
+func compressCapture(srcPath, dstPath string) (int64, error) {
+	in, err := os.Open(srcPath)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dstPath, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer out.Close()
+	buffered := bufio.NewWriterSize(out, 1<<20)
+	gz, err := gzip.NewWriterLevel(buffered, gzip.DefaultCompression)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := io.Copy(gz, bufio.NewReaderSize(in, 1<<20)); err != nil {
 		return 0, err
 	}
 	if err := gz.Close(); err != nil {

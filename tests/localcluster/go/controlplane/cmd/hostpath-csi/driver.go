@@ -153,6 +153,10 @@ func (d *driver) CreateVolume(_ context.Context, req *csi.CreateVolumeRequest) (
 			_ = os.RemoveAll(staging)
 			return nil, status.Error(codes.Internal, err.Error())
 		}
+		if snap.Uploading {
+			_ = os.RemoveAll(staging)
+			return nil, status.Errorf(codes.Unavailable, "snapshot %q is not ready to use yet", sourceSnapshot)
+		}
 		if snap.SizeBytes > capacity {
 			_ = os.RemoveAll(staging)
 			return nil, status.Errorf(codes.OutOfRange,
@@ -249,26 +253,70 @@ func (d *driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 
-	// The cut: what the archive holds is the volume from this moment on.
+	// The cut: what the snapshot holds is the volume from this moment on.
 	creation := time.Now().UTC()
-	staging := d.store.stagingPath(id + ".tar.gz")
-	archiveBytes, err := writeArchive(d.store.volumeDir(source), staging)
-	if err != nil {
+	staging := d.store.stagingPath(id + ".tar")
+	if err := captureVolume(d.store.volumeDir(source), staging); err != nil {
 		_ = os.Remove(staging)
-		return nil, status.Errorf(codes.Internal, "archive volume %q: %v", source, err)
+		return nil, status.Errorf(codes.Internal, "capture volume %q: %v", source, err)
 	}
-	if err := os.Rename(staging, d.store.snapshotArchivePath(id)); err != nil {
+	if err := os.Rename(staging, d.store.capturedPath(id)); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	rec := &snapshotRecord{ID: id, Name: req.GetName(), SourceVolumeID: source,
-		CreationTime: creation, SizeBytes: vol.CapacityBytes, ArchiveBytes: archiveBytes}
+		CreationTime: creation, SizeBytes: vol.CapacityBytes, Uploading: true}
 	if err := d.store.writeSnapshot(rec); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	log.Printf("created snapshot %s of volume %s: cut at %s, archive %d bytes written in %s",
-		id, source, creation.Format(time.RFC3339Nano), archiveBytes,
-		time.Since(creation).Round(time.Millisecond))
+	log.Printf("cut snapshot %s of volume %s at %s in %s; uploading",
+		id, source, creation.Format(time.RFC3339Nano), time.Since(creation).Round(time.Millisecond))
+	go d.upload(id)
 	return &csi.CreateSnapshotResponse{Snapshot: snapshotMessage(rec)}, nil
+}
+
+// upload compresses a cut snapshot into its archive and marks it ready to use. The sidecar
+// sees readiness when it asks again (CreateSnapshot is idempotent, as CSI requires).
+func (d *driver) upload(id string) {
+	started := time.Now()
+	staging := d.store.stagingPath(id + ".tar.gz")
+	size, err := compressCapture(d.store.capturedPath(id), staging)
+	if err != nil {
+		_ = os.Remove(staging)
+		log.Printf("upload of snapshot %s failed (retried on the next driver start): %v", id, err)
+		return
+	}
+	defer d.store.lock("snapshot/" + id)()
+	rec, err := d.store.readSnapshot(id)
+	if err != nil { // deleted while uploading
+		_ = os.Remove(staging)
+		return
+	}
+	if err := os.Rename(staging, d.store.snapshotArchivePath(id)); err != nil {
+		log.Printf("upload of snapshot %s: %v", id, err)
+		return
+	}
+	rec.Uploading, rec.ArchiveBytes = false, size
+	if err := d.store.writeSnapshot(rec); err != nil {
+		log.Printf("upload of snapshot %s: %v", id, err)
+		return
+	}
+	_ = os.Remove(d.store.capturedPath(id))
+	log.Printf("snapshot %s ready: %d bytes compressed in %s", id, size,
+		time.Since(started).Round(time.Millisecond))
+}
+
+// resumeUploads restarts the uploads a previous driver process left unfinished.
+func (d *driver) resumeUploads() error {
+	records, err := d.store.listSnapshots()
+	if err != nil {
+		return err
+	}
+	for _, rec := range records {
+		if rec.Uploading {
+			go d.upload(rec.ID)
+		}
+	}
+	return nil
 }
 
 func snapshotMessage(rec *snapshotRecord) *csi.Snapshot {
@@ -277,7 +325,7 @@ func snapshotMessage(rec *snapshotRecord) *csi.Snapshot {
 		SourceVolumeId: rec.SourceVolumeID,
 		CreationTime:   timestamppb.New(rec.CreationTime),
 		SizeBytes:      rec.SizeBytes,
-		ReadyToUse:     true,
+		ReadyToUse:     !rec.Uploading,
 	}
 }
 
@@ -291,7 +339,8 @@ func (d *driver) DeleteSnapshot(_ context.Context, req *csi.DeleteSnapshotReques
 	}
 	defer d.store.lock("snapshot/" + id)()
 	// Metadata first: without it the snapshot no longer exists for List/Create.
-	for _, p := range []string{d.store.snapshotMetaPath(id), d.store.snapshotArchivePath(id)} {
+	for _, p := range []string{d.store.snapshotMetaPath(id), d.store.snapshotArchivePath(id),
+		d.store.capturedPath(id)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, status.Error(codes.Internal, err.Error())
 		}

@@ -70,8 +70,23 @@ func TestSnapshotRoundTripKeepsContentOwnershipAndModes(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := snap.GetSnapshot()
-	if !got.GetReadyToUse() || got.GetSizeBytes() != 1<<20 {
-		t.Fatalf("snapshot not ready or wrong size: %v", got)
+	if got.GetSizeBytes() != 1<<20 {
+		t.Fatalf("snapshot of the wrong size: %v", got)
+	}
+	// Cut now, ready once uploaded: the sidecar asks again until it is.
+	deadline := time.Now().Add(30 * time.Second)
+	for ready := got.GetReadyToUse(); !ready; {
+		if time.Now().After(deadline) {
+			t.Fatal("snapshot never became ready to use")
+		}
+		time.Sleep(10 * time.Millisecond)
+		polled, err := d.CreateSnapshot(context.Background(),
+			&csi.CreateSnapshotRequest{Name: "snapshot-1", SourceVolumeId: vol.GetVolumeId()})
+		must(t, err)
+		ready = polled.GetSnapshot().GetReadyToUse()
+		if !polled.GetSnapshot().GetCreationTime().AsTime().Equal(got.GetCreationTime().AsTime()) {
+			t.Fatal("the creation time moved while uploading")
+		}
 	}
 	if ct := got.GetCreationTime().AsTime(); ct.Before(before.Add(-time.Second)) || ct.After(time.Now()) {
 		t.Fatalf("creation time %s outside the call", ct)
@@ -161,10 +176,15 @@ func TestArchiveOfChangingDirectory(t *testing.T) {
 		}
 	}()
 	for i := range 20 {
-		dst := filepath.Join(t.TempDir(), "a.tar.gz")
-		if _, err := writeArchive(src, dst); err != nil {
+		captured := filepath.Join(t.TempDir(), "a.tar")
+		if err := captureVolume(src, captured); err != nil {
 			close(stop)
-			t.Fatalf("archive %d of a changing directory failed: %v", i, err)
+			t.Fatalf("capture %d of a changing directory failed: %v", i, err)
+		}
+		dst := filepath.Join(t.TempDir(), "a.tar.gz")
+		if _, err := compressCapture(captured, dst); err != nil {
+			close(stop)
+			t.Fatalf("compressing capture %d failed: %v", i, err)
 		}
 		out := t.TempDir()
 		if err := extractArchive(dst, out); err != nil {

@@ -65,6 +65,9 @@ func main() {
 		log.Fatalf("open data dir %s: %v", absData, err)
 	}
 	drv := &driver{name: *driverName, version: driverVersion, nodeID: *nodeID, store: store}
+	if err := drv.resumeUploads(); err != nil {
+		log.Fatalf("resume uploads in %s: %v", absData, err)
+	}
 
 	// A socket left behind by a killed predecessor would make Listen fail.
 	if err := os.Remove(socketPath); err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -43,6 +43,9 @@ type snapshotRecord struct {
 	// reports it. ArchiveBytes is the size of the archive on disk.
 	SizeBytes    int64 `json:"sizeBytes"`
 	ArchiveBytes int64 `json:"archiveBytes"`
+	// Uploading is true from the cut until the compressed archive is in place: the snapshot
+	// exists (it has its creation time) but is not ready to use yet.
+	Uploading bool `json:"uploading,omitempty"`
 }
 
 // store is the data dir: volume directories, their metadata, and snapshot archives.
@@ -104,6 +107,11 @@ func (s *store) volumeMetaPath(id string) string {
 
 func (s *store) snapshotArchivePath(id string) string {
 	return filepath.Join(s.root, snapshotsDirName, id+".tar.gz")
+}
+
+// capturedPath holds the uncompressed tar written at the cut, until the upload replaces it.
+func (s *store) capturedPath(id string) string {
+	return filepath.Join(s.root, snapshotsDirName, id+".tar")
 }
 
 func (s *store) snapshotMetaPath(id string) string {
