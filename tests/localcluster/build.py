@@ -12,6 +12,12 @@ cached under ``${SNAPGROUP_CACHE:-~/.cache/snapgroup}/bin/<key>``, where the key
 modules' go.mod, go.sum and Go sources together with the build flags. A build goes to a temporary
 directory that is renamed into place when complete, under a file lock, so concurrent callers never
 see a half-built directory and never build twice.
+
+Binaries the user already has are reused instead of built: etcd, kube-apiserver,
+kube-controller-manager and kubectl from ``$KUBEBUILDER_ASSETS`` (the directory envtest uses), else
+from PATH, each only when it reports the same minor version as the pinned modules. The rest is
+built (a build directory then holds only what was missing) and :func:`ensure_binaries` returns a
+small directory of symlinks to both, so callers still find every executable in one place.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 GO_ROOT = Path(__file__).resolve().parent / "go"
@@ -46,6 +53,25 @@ CONTROLPLANE_BINARIES = (
     "hostpath-csi",
 )
 SERVICES_BINARIES = ("ferretdb", "s3server")
+
+# The binaries a user may already have: envtest's assets hold etcd, kube-apiserver and kubectl;
+# a full Kubernetes install has kube-controller-manager too.
+PROVIDABLE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+
+# How each providable binary reports its version, and how to read that report.
+_VERSION_ARGS = {
+    "etcd": ("--version",),
+    "kube-apiserver": ("--version",),
+    "kube-controller-manager": ("--version",),
+    # --client: no server is asked, so no kubeconfig is needed.
+    "kubectl": ("version", "--client"),
+}
+_KUBERNETES_VERSION_RE = re.compile(r"\b(v(\d+)\.(\d+)\.\d+[\w.+-]*)")
+_ETCD_VERSION_RE = re.compile(r"etcd Version:\s*(v?(\d+)\.(\d+)\.\d+[\w.+-]*)")
+_VERSION_TIMEOUT_SECONDS = 15
+
+# Directory, under the cache root, of the symlink directories combining built and reused binaries.
+_SELECTIONS_DIR = "bin-selections"
 
 # Go names a binary after the package's last path element; etcd's main package is the module
 # root go.etcd.io/etcd/server/v3, which Go names "server".
@@ -114,6 +140,93 @@ def kubernetes_version(module: Path = CONTROLPLANE_MODULE) -> str:
     return match.group(1)
 
 
+def etcd_version(module: Path = CONTROLPLANE_MODULE) -> str:
+    """Return the etcd version the control-plane module builds (``v3.6.16``)."""
+    text = (module / "go.mod").read_text()
+    match = re.search(r"^\s*go\.etcd\.io/etcd/server/v3\s+(v\d+\.\d+\.\d+)\b", text, re.MULTILINE)
+    if not match:
+        raise BuildError(f"{module / 'go.mod'} does not require go.etcd.io/etcd/server/v3")
+    return match.group(1)
+
+
+@dataclass(frozen=True)
+class ProvidedBinary:
+    """A binary the user already has, reused instead of built."""
+
+    name: str
+    path: Path
+    version: str
+    origin: str  # "$KUBEBUILDER_ASSETS" or "PATH"
+
+
+def find_provided_binaries() -> dict[str, ProvidedBinary]:
+    """Find the user's etcd, kube-apiserver, kube-controller-manager and kubectl to reuse.
+
+    For each name, ``$KUBEBUILDER_ASSETS/<name>`` is tried first, then PATH. A candidate is
+    accepted only when it reports the same major.minor version as the pinned modules
+    (:func:`kubernetes_version`, :func:`etcd_version`); a rejected one is reported on stderr and
+    the next candidate is tried. Binaries inside the cache root are the project's own builds and
+    are not candidates.
+    """
+    k8s = kubernetes_version()
+    wanted = {"etcd": etcd_version(), "kube-apiserver": k8s, "kube-controller-manager": k8s, "kubectl": k8s}
+    found: dict[str, ProvidedBinary] = {}
+    for name in PROVIDABLE_BINARIES:
+        for path, origin in _candidates(name):
+            checked = _check_version(name, path, origin, wanted[name])
+            if isinstance(checked, ProvidedBinary):
+                found[name] = checked
+                break
+            _progress(f"not reusing {path} (from {origin}): {checked}")
+    return found
+
+
+def _candidates(name: str) -> Iterator[tuple[Path, str]]:
+    own_builds = cache_root().resolve()
+    seen: set[Path] = set()
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    listed = [(str(Path(assets) / name), "$KUBEBUILDER_ASSETS")] if assets else []
+    on_path = shutil.which(name)
+    if on_path:
+        listed.append((on_path, "PATH"))
+    for location, origin in listed:
+        path = Path(location).absolute()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            continue
+        real = path.resolve()
+        if real in seen or real.is_relative_to(own_builds):
+            continue
+        seen.add(real)
+        yield path, origin
+
+
+def _check_version(name: str, path: Path, origin: str, wanted: str) -> ProvidedBinary | str:
+    """Run ``path``'s version command; return the binary when its minor matches, else why not."""
+    major, minor = wanted.lstrip("v").split(".")[:2]
+    need = f"{'etcd' if name == 'etcd' else 'Kubernetes'} {major}.{minor}.x"
+    try:
+        proc = subprocess.run(
+            [str(path), *_VERSION_ARGS[name]],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_VERSION_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"its version could not be read ({error}); the local cluster needs {need}"
+    pattern = _ETCD_VERSION_RE if name == "etcd" else _KUBERNETES_VERSION_RE
+    match = pattern.search(proc.stdout)
+    if proc.returncode != 0 or not match:
+        return (
+            f"`{path.name} {' '.join(_VERSION_ARGS[name])}` exited {proc.returncode} without a"
+            f" version; the local cluster needs {need}"
+        )
+    if (match.group(2), match.group(3)) != (major, minor):
+        return f"it reports {match.group(1)}, the local cluster needs {need}"
+    return ProvidedBinary(name=name, path=path, version=match.group(1), origin=origin)
+
+
 def _ldflags(k8s_version: str) -> str:
     major, minor = k8s_version.lstrip("v").split(".")[:2]
     # Without these, the binaries report v0.0.0-master, and kubectl warns about version skew.
@@ -143,9 +256,9 @@ def cache_key() -> str:
     return digest.hexdigest()[:20]
 
 
-def _is_complete(directory: Path) -> bool:
+def _holds(directory: Path, names: Iterable[str]) -> bool:
     return (
-        all(os.access(directory / name, os.X_OK) for name in expected_binaries())
+        all(os.access(directory / name, os.X_OK) for name in names)
         and (directory / SNAPSHOT_CRDS_DIR).is_dir()
     )
 
@@ -153,26 +266,42 @@ def _is_complete(directory: Path) -> bool:
 def ensure_binaries() -> Path:
     """Return a directory holding every local-cluster executable, building it if needed.
 
-    Cached builds are reused without running Go. Raises :class:`GoToolchainMissingError` when a
-    build is needed and ``go`` is not on PATH, :class:`BuildError` when the build fails.
+    Binaries found by :func:`find_provided_binaries` are reused, and only the others are built;
+    the returned directory then holds symlinks to both. Cached builds are reused without running
+    Go. Raises :class:`GoToolchainMissingError` when a build is needed and ``go`` is not on PATH,
+    :class:`BuildError` when the build fails.
     """
+    provided = find_provided_binaries()
+    for binary in provided.values():
+        _progress(f"reusing {binary.name} {binary.version} from {binary.origin}: {binary.path}")
+    built = _ensure_built([name for name in expected_binaries() if name not in provided])
+    if not provided:
+        return built
+    return _selection(built, provided)
+
+
+def _ensure_built(names: list[str]) -> Path:
+    """Return a cached build directory holding ``names``, building only those if none does."""
     bin_root = cache_root() / "bin"
-    target = bin_root / cache_key()
-    if _is_complete(target):
-        return target
+    key = cache_key()
+    omitted = [name for name in expected_binaries() if name not in names]
+    # A full build keeps the plain key, so the common case's directory name does not change.
+    target = bin_root / (f"{key}-without-{'+'.join(omitted)}" if omitted else key)
+    if cached := _cached_build(bin_root, key, names):
+        return cached
     if shutil.which("go") is None:
         raise GoToolchainMissingError(
             "the local cluster is built from Go modules, and no `go` executable is on PATH"
         )
     bin_root.mkdir(parents=True, exist_ok=True)
     with _exclusive(bin_root / ".build.lock"):
-        if _is_complete(target):  # built by another process while this one waited
-            return target
+        if cached := _cached_build(bin_root, key, names):  # built by another process meanwhile
+            return cached
         staging = bin_root / f".building-{target.name}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
-            _build_into(staging)
+            _build_into(staging, names)
             if target.exists():  # an incomplete leftover
                 shutil.rmtree(target)
             staging.rename(target)
@@ -180,6 +309,69 @@ def ensure_binaries() -> Path:
             shutil.rmtree(staging, ignore_errors=True)
         _prune(bin_root, keep=target)
     return target
+
+
+def _cached_build(bin_root: Path, key: str, names: list[str]) -> Path | None:
+    """Return a build of the current sources that holds ``names``: the full one first."""
+    for directory in [bin_root / key, *sorted(bin_root.glob(f"{key}-without-*"))]:
+        if _holds(directory, names):
+            return directory
+    return None
+
+
+def _selection(built: Path, provided: dict[str, ProvidedBinary]) -> Path:
+    """Return a directory of symlinks: the provided binaries, and the rest from ``built``.
+
+    Named after what it links to, so the same choice finds the same directory again; one whose
+    targets are gone (a pruned build, a removed binary) is deleted when a new one is made.
+    """
+    sources = {name: built / name for name in expected_binaries()}
+    sources.update({name: binary.path for name, binary in provided.items()})
+    crds_top = Path(SNAPSHOT_CRDS_DIR).parts[0]
+    sources[crds_top] = built / crds_top
+    digest = hashlib.sha256(json.dumps({k: str(v) for k, v in sources.items()}, sort_keys=True).encode())
+    root = cache_root() / _SELECTIONS_DIR
+    target = root / digest.hexdigest()[:20]
+    if _links_intact(target, sources):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / ".lock"):
+        if _links_intact(target, sources):
+            return target
+        _prune_selections(root)
+        staging = root / f".making-{target.name}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            for name, source in sources.items():
+                (staging / name).symlink_to(source)
+            origins = {name: f"{b.origin}: {b.path} ({b.version})" for name, b in provided.items()}
+            (staging / "SOURCES.json").write_text(
+                json.dumps({"built": str(built), "reused": origins}, indent=2) + "\n"
+            )
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _links_intact(directory: Path, sources: dict[str, Path]) -> bool:
+    return all(
+        (directory / name).is_symlink()
+        and os.readlink(directory / name) == str(source)
+        and (directory / name).exists()
+        for name, source in sources.items()
+    )
+
+
+def _prune_selections(root: Path) -> None:
+    """Remove symlink directories with a dangling link: what they pointed at is gone."""
+    for directory in root.iterdir():
+        if directory.name.startswith(".") or not directory.is_dir():
+            continue
+        if any(link.is_symlink() and not link.exists() for link in directory.iterdir()):
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -196,13 +388,20 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def _build_into(staging: Path) -> None:
+def _build_into(staging: Path, names: list[str]) -> None:
+    """Build the programs whose executables are ``names`` (the others are reused) into staging."""
     k8s_version = kubernetes_version()
     started = time.monotonic()
-    info: dict[str, object] = {"kubernetes": k8s_version, "modules": {}}
+    info: dict[str, object] = {
+        "kubernetes": k8s_version,
+        "modules": {},
+        "omitted": [name for name in expected_binaries() if name not in names],
+    }
     for module in modules():
+        packages = [p for p in _main_packages(module) if _binary_name(p) in names]
+        if not packages:
+            continue
         module_started = time.monotonic()
-        packages = _main_packages(module)
         _progress(
             f"building {module.name} module ({len(packages)} programs) into {staging.parent};"
             " a cold build takes several minutes on 2 cores, later builds reuse Go's build cache"
@@ -224,7 +423,7 @@ def _build_into(staging: Path) -> None:
     for built, wanted in _RENAMES.items():
         if (staging / built).exists():
             (staging / built).rename(staging / wanted)
-    missing = [name for name in expected_binaries() if not (staging / name).is_file()]
+    missing = [name for name in names if not (staging / name).is_file()]
     if missing:
         raise BuildError(f"the build produced no {', '.join(missing)} in {staging}")
     _copy_snapshot_crds(staging / SNAPSHOT_CRDS_DIR)
@@ -241,6 +440,15 @@ def _main_packages(module: Path) -> list[str]:
     if cmd_dir.is_dir():
         packages += [f"./cmd/{d.name}" for d in sorted(cmd_dir.iterdir()) if any(d.glob("*.go"))]
     return packages
+
+
+def _binary_name(package: str) -> str:
+    """Return the executable name ``go build`` gives package, after :data:`_RENAMES`."""
+    parts = package.rstrip("/").split("/")
+    # Go drops a major-version suffix: go.etcd.io/etcd/server/v3 builds "server".
+    if len(parts) > 1 and re.fullmatch(r"v\d+", parts[-1]):
+        parts.pop()
+    return _RENAMES.get(parts[-1], parts[-1])
 
 
 def _copy_snapshot_crds(destination: Path) -> None:
