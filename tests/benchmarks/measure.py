@@ -283,21 +283,22 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
 # -- the CSI driver's own account ----------------------------------------------------------
 
 _ARCHIVE_LINE = re.compile(
-    r"created snapshot (?P<id>\S+) of volume (?P<volume>\S+): cut at (?P<cut>\S+), "
-    r"archive (?P<bytes>\d+) bytes written in (?P<duration>\S+)")
+    r"cut snapshot (?P<id>\S+) of volume (?P<volume>\S+) at (?P<cut>\S+), "
+    r"captured (?P<bytes>\d+) bytes in (?P<duration>\S+)")
 _GO_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True)
 class Archive:
-    """One CreateSnapshot as the hostpath CSI driver logged it: the cut, then the archive write."""
+    """One CreateSnapshot as the hostpath CSI driver logged it: the cut (capturing the volume);
+    the upload (compression) that makes it ready follows outside the call."""
 
     volume: str
     cut_at: float
     """Wall-clock time of the cut (epoch seconds)."""
     seconds: float
-    """Time to write the archive; CreateSnapshot answers (creationTime and readyToUse) after it."""
+    """Time to capture the volume; CreateSnapshot answers with creationTime right after it."""
     size: int
 
 

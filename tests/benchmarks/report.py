@@ -410,17 +410,18 @@ def _bounds_section(results: JSON) -> list[str]:
             o, n = csi["operator"], csi["naive"]
             by_pvc = ", ".join(f"{pvc} {v['median']:.3f} s" for pvc, v in o["archiveSecondsByPvc"].items())
             lines.append(
-                "- **The cut, from the CSI driver's log** (medians): the driver writes each archive in "
-                f"{o['archiveSeconds']['median']:.3f} s ({by_pvc}) and only then answers "
-                "CreateSnapshot, with `creationTime` and `readyToUse: true` together, so waiting for "
-                "`creationTime` saves nothing over waiting for `readyToUse` with this driver. In the "
+                "- **The cut, from the CSI driver's log** (medians): the driver captures each volume in "
+                f"{o['archiveSeconds']['median']:.3f} s ({by_pvc}) and answers CreateSnapshot with "
+                "`creationTime` right after; `readyToUse` follows once the capture is compressed (the "
+                "driver's upload, outside the operator's window, inside the naive one). In the "
                 f"operator's concurrent cut the driver is busy {o['driverSpan']['median']:.3f} s (first "
-                f"cut to last archive written) of the {op['cutWait']['median']:.3f} s waited; the other "
+                f"cut to last capture done) of the {op['cutWait']['median']:.3f} s waited; the other "
                 f"{o['controllersShare']['median']:.3f} s are the snapshot controller and the sidecar "
                 "(VolumeSnapshotContent created, driver called, the answer copied back to the "
                 "VolumeSnapshot). Per naive snapshot: create request to cut "
-                f"{n['createToCut']['median']:.3f} s, archive {n['archiveSeconds']['median']:.3f} s, "
-                f"archive written to `readyToUse` seen {n['archiveToReadySeen']['median']:.3f} s.")
+                f"{n['createToCut']['median']:.3f} s, capture {n['archiveSeconds']['median']:.3f} s, "
+                f"capture done to `readyToUse` seen (the upload, then the controllers) "
+                f"{n['archiveToReadySeen']['median']:.3f} s.")
             pipe = csi.get("pipeline") or {}
             if pipe:
                 lines.append(
@@ -458,7 +459,7 @@ def _bounds_section(results: JSON) -> list[str]:
             lines.append(
                 f"- **The snapshot pipeline at {r['size']} groups**: the driver cut {csi['snapshots']} "
                 f"snapshot(s) between {csi['firstCutAfterApply']:.2f} s and {csi['lastCutAfterApply']:.2f} s "
-                f"after the first group was created, {rate:.2f} per second, each archive written in a "
+                f"after the first group was created, {rate:.2f} per second, each volume captured in a "
                 f"median {csi['archiveSeconds']['median']:.3f} s (max {csi['archiveSeconds']['max']:.3f} s); "
                 "the sidecar's call to the driver took a mean "
                 f"{(csi.get('pipeline') or {}).get('sidecarCreateMeanSeconds', math.nan):.3f} s. The "

@@ -168,10 +168,10 @@ class SingleGroupBenchmark:
 
     def _driver_account(self, operator_runs: list[OperatorRun], naive_runs: list[NaiveRun],
                         archives: list[Archive]) -> JSON:
-        """Split the snapshot waits into the CSI driver's archive writes and the controllers' share.
+        """Split the snapshot waits into the CSI driver's captures and the controllers' share.
 
-        The driver logs when it cut each volume and how long the archive took; it answers
-        CreateSnapshot (creationTime and readyToUse at once) after the archive is written.
+        The driver logs when it cut each volume and how long the capture took; it answers
+        CreateSnapshot with creationTime after the capture, and readyToUse after the upload.
         """
         pvc_of = {handle: pvc for pvc, handle in self.handles.items()}
         ours = [a for a in archives if a.volume in pvc_of]

@@ -30,6 +30,7 @@ import http.client
 import ipaddress
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -793,12 +794,8 @@ class LocalCluster:
         try:
             for name in names:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                try:
-                    sock.bind(("127.0.0.1", previous.get(name, 0)))
-                except OSError:
-                    sock.bind(("127.0.0.1", 0))
                 held.append(sock)
-                self._ports[name] = sock.getsockname()[1]
+                self._ports[name] = _bind_listening_port(sock, previous.get(name))
         finally:
             for sock in held:
                 sock.close()
@@ -904,6 +901,34 @@ deletionPolicy: Delete
 
 
 # --- processes -------------------------------------------------------------------------------
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bind_listening_port(sock: socket.socket, previous: int | None) -> int:
+    """Bind a free loopback port below the ephemeral range and return it.
+
+    A port from the ephemeral range can be taken as the local end of some outgoing connection
+    while its server is down, and a restarted component (the API server in a fault test) then
+    fails with "address already in use".
+    """
+    low, _ = _ephemeral_range()
+    candidates = [previous] if previous and previous < low else []
+    candidates += random.sample(range(10000, max(low, 10001)), k=64)
+    for port in candidates:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise ClusterError(f"no free loopback port between 10000 and {low}")
 
 
 def _process(running: _Running) -> psutil.Process | None:

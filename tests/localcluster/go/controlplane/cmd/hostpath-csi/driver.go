@@ -263,13 +263,18 @@ func (d *driver) CreateSnapshot(_ context.Context, req *csi.CreateSnapshotReques
 	if err := os.Rename(staging, d.store.capturedPath(id)); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
+	captured := time.Since(creation)
 	rec := &snapshotRecord{ID: id, Name: req.GetName(), SourceVolumeID: source,
 		CreationTime: creation, SizeBytes: vol.CapacityBytes, Uploading: true}
 	if err := d.store.writeSnapshot(rec); err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	log.Printf("cut snapshot %s of volume %s at %s in %s; uploading",
-		id, source, creation.Format(time.RFC3339Nano), time.Since(creation).Round(time.Millisecond))
+	var capturedBytes int64
+	if info, err := os.Stat(d.store.capturedPath(id)); err == nil {
+		capturedBytes = info.Size()
+	}
+	log.Printf("cut snapshot %s of volume %s at %s, captured %d bytes in %s; uploading",
+		id, source, creation.Format(time.RFC3339Nano), capturedBytes, captured.Round(time.Microsecond))
 	go d.upload(id)
 	return &csi.CreateSnapshotResponse{Snapshot: snapshotMessage(rec)}, nil
 }
