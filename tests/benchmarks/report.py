@@ -470,12 +470,12 @@ def _bounds_section(results: JSON) -> list[str]:
                    "per snapshot, every client)." if csi.get("apiRequests") else ""))
         if any((r.get("csi") or {}).get("snapshots") for r in rounds if r["size"] > 1):
             lines.append(
-                "- The local cluster starts the snapshot controller (external-snapshotter v8.6.0) without "
-                "`--kube-api-qps`/`--kube-api-burst`, so its API client is held to the defaults of 5 "
-                "requests/s with bursts of 10; each VolumeSnapshot costs it several requests (finalizers, "
-                "the content, status updates), which is consistent with the pace of about one snapshot per "
-                "second above. Raising those limits (or `--worker-threads`) is the experiment that would "
-                "confirm it; the operator cannot go faster than the cuts it waits for.")
+                "- At scale the windows are bound by the writers' drain, not by the operator or the "
+                "cut: every namespace's writer pod must finish its tick, exit and be reported gone by "
+                "the node emulator while 2N processes share 2 cores with the control plane. The "
+                "operator bounds open windows (`--max-windows`, 8 by default), so later groups queue "
+                "with nothing frozen; a lower bound trades total time for windows closer to a lone "
+                "group's.")
         failed = [g for g in biggest["groups"] if g["phase"] != "Succeeded"]
         if failed:
             reasons = sorted({str(g.get("reason")) for g in failed})
