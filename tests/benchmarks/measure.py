@@ -280,6 +280,29 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
     )
 
 
+class FinishedGroup:
+    """A finished SnapshotGroup read from its status (subclasses hold `status` as a field)."""
+
+    status: JSON
+
+    @property
+    def phase(self) -> str:
+        """The group's final phase."""
+        return str(self.status.get("phase"))
+
+    @property
+    def consistent(self) -> bool:
+        """Whether the Consistent condition is True."""
+        return any(c.get("type") == "Consistent" and c.get("status") == "True"
+                   for c in self.status.get("conditions") or [])
+
+    @property
+    def window(self) -> float:
+        """The freeze window the operator reports, in seconds (NaN if none)."""
+        seconds = (self.status.get("freeze") or {}).get("seconds")
+        return float(seconds) if seconds is not None else math.nan
+
+
 # -- the CSI driver's own account ----------------------------------------------------------
 
 _ARCHIVE_LINE = re.compile(

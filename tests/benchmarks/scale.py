@@ -20,6 +20,7 @@ from minio import Minio
 from benchmarks.measure import (
     JSON,
     BenchmarkError,
+    FinishedGroup,
     ResourceSampler,
     apiserver_requests,
     apiserver_snapshot_requests,
@@ -148,29 +149,13 @@ def group_manifest(namespace: str, name: str, round_id: str) -> JSON:
 
 
 @dataclass
-class GroupOutcome:
+class GroupOutcome(FinishedGroup):
     """One group of a round."""
 
     namespace: str
     name: str
     status: JSON
 
-    @property
-    def phase(self) -> str:
-        """Final phase."""
-        return str(self.status.get("phase"))
-
-    @property
-    def consistent(self) -> bool:
-        """Consistent condition True."""
-        return any(c.get("type") == "Consistent" and c.get("status") == "True"
-                   for c in self.status.get("conditions") or [])
-
-    @property
-    def window(self) -> float:
-        """Reported freeze window, NaN if none."""
-        seconds = (self.status.get("freeze") or {}).get("seconds")
-        return float(seconds) if seconds is not None else math.nan
 
     def as_json(self) -> JSON:
         """Plain data for results.json."""

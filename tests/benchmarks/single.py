@@ -15,6 +15,7 @@ from benchmarks.measure import (
     JSON,
     Archive,
     BenchmarkError,
+    FinishedGroup,
     apiserver_requests,
     csi_archives,
     delta,
@@ -60,7 +61,7 @@ COMMON_STEPS = (
 
 
 @dataclass
-class OperatorRun:
+class OperatorRun(FinishedGroup):
     """One SnapshotGroup as the benchmark saw it."""
 
     name: str
@@ -69,22 +70,6 @@ class OperatorRun:
     operator_requests: dict[str, float] = field(default_factory=dict)
     apiserver_requests: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def phase(self) -> str:
-        """The group's final phase."""
-        return str(self.status.get("phase"))
-
-    @property
-    def consistent(self) -> bool:
-        """Whether the Consistent condition is True."""
-        return any(c.get("type") == "Consistent" and c.get("status") == "True"
-                   for c in self.status.get("conditions") or [])
-
-    @property
-    def window(self) -> float:
-        """The freeze window the operator reports, in seconds (NaN if none)."""
-        seconds = (self.status.get("freeze") or {}).get("seconds")
-        return float(seconds) if seconds is not None else math.nan
 
     @property
     def breakdown(self) -> dict[str, float]:
