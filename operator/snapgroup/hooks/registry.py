@@ -164,7 +164,3 @@ def registered() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def unregister(name: str) -> None:
-    """Remove a hook type (for tests that register their own)."""
-    _REGISTRY.pop(name, None)
-

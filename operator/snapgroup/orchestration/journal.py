@@ -42,10 +42,6 @@ class GroupRef:
         return f"{self.namespace}/{self.name}/{self.uid}"
 
 
-class GroupGone(Exception):
-    """The SnapshotGroup was deleted while the operator worked on it."""
-
-
 class Journal:
     """Status of one group, in memory, with a direct patch per journal write."""
 

@@ -198,6 +198,7 @@ class GroupRun:
                                     tolerate=step.step.on_error == "Continue")
         j.condition("Quiesced", "True", "WritersIsolatedServicesQuiesced",
                     f"{len(plan.writers)} writer(s) isolated, {len(plan.services)} service(s) quiesced")
+        await j.flush()  # visible while it holds: whoever watches the group sees the freeze
         await self._cut(plan.services, plan.snapshot_class or "")
         await self._record(plan.services)
         for step in (s for s in plan.steps if s.stage == "Post"):
