@@ -34,6 +34,18 @@ def sample(name: str, **changes: Any) -> dict[str, Any]:
     return doc
 
 
+def services_without_mongodb() -> list[dict[str, Any]]:
+    """The sample's services but MongoDB.
+
+    The data-writer writes each record to PostgreSQL, MongoDB and S3 in turn, so MongoDB's fsync
+    lock (which blocks every client's writes) would hold the whole writer too, and whether one
+    more record lands after the cut would be down to timing. Without the lock, a writer left out
+    of the spec keeps writing through the cut, as the scenario means.
+    """
+    doc: dict[str, Any] = yaml.safe_load(Path(SAMPLE).read_text())
+    return [s for s in doc["spec"]["services"] if s["type"] != "mongodb"]
+
+
 def condition(group: dict[str, Any], type_: str) -> dict[str, Any]:
     return next(c for c in group["status"]["conditions"] if c["type"] == type_)
 
@@ -109,7 +121,7 @@ def test_writer_left_out_is_inconsistent_and_names_the_services(
     # isolated) writes in between. Holding the window 2 s after the cut makes that certain here.
     armed("cut=pause:2")
     bleater.wait_new_records(0)
-    kube.create_group(sample(group_name, writers=[]))
+    kube.create_group(sample(group_name, writers=[], services=services_without_mongodb()))
     group = kube.wait_group("bleater", group_name)
     assert group["status"]["phase"] == "Succeeded"
     consistent = condition(group, "Consistent")

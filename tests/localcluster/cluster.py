@@ -273,6 +273,7 @@ class LocalCluster:
         specs = {c.name: c for c in self._component_specs()}
         if name not in specs:
             raise ClusterError(f"no component named {name!r}; known: {', '.join(specs)}")
+        self._wait_ports_released(name)
         if name != "node-emulator":
             self._start_and_wait([specs[name]])
             return
@@ -281,6 +282,28 @@ class LocalCluster:
             self._start_and_wait([self._node_emulator(self.bin_dir, node_lock)])
         finally:
             os.close(node_lock)
+
+    def _wait_ports_released(self, name: str, timeout: float = 15.0) -> None:
+        """Wait until a dead component's ports can be bound again.
+
+        A killed multi-threaded process is reported as a zombie as soon as its main thread is
+        gone, while the kernel may still be tearing down its other threads and their sockets.
+        """
+        ports = [port for key, port in self._ports.items() if key == name or key.startswith(f"{name}-")]
+        deadline = time.monotonic() + timeout
+        for port in ports:
+            while True:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        probe.bind(("127.0.0.1", port))
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise ClusterError(
+                                f"{name}: port {port} still in use {timeout:.0f}s after it died"
+                            ) from None
+                time.sleep(0.05)  # the kernel is still closing the dead process's sockets
 
     def component_health(self) -> dict[str, str]:
         """Return each recorded component's health: ``"ok"`` or what is wrong with it."""
