@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster.build import ensure_binaries
 from snapgroup.api.crd import SNAPSHOT_GROUP
 
 pytestmark = pytest.mark.cluster
@@ -53,7 +52,7 @@ def until(check: Callable[[], subprocess.CompletedProcess[str]], timeout: float)
 
 @pytest.fixture(scope="module")
 def kubectl(local_cluster: Any) -> Kubectl:
-    return Kubectl(Path(ensure_binaries()) / "kubectl", str(local_cluster.kubeconfig))
+    return Kubectl(local_cluster.bin_dir / "kubectl", str(local_cluster.kubeconfig))
 
 
 @pytest.fixture(scope="module")

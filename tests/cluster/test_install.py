@@ -110,7 +110,7 @@ def eventually(check: Any, timeout: float = 30.0) -> Any:
 
 @pytest.fixture(scope="module")
 def kubectl(local_cluster: Any) -> Kubectl:
-    return Kubectl(ensure_binaries() / "kubectl", Path(local_cluster.kubeconfig))
+    return Kubectl(local_cluster.bin_dir / "kubectl", Path(local_cluster.kubeconfig))
 
 
 @pytest.fixture(scope="module")

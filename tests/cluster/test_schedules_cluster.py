@@ -25,7 +25,6 @@ from kubernetes import watch
 
 from e2e.kube import Kube
 from e2e.operator_process import REPO, OperatorProcess
-from localcluster.build import ensure_binaries
 from snapgroup.api import GROUP, VERSION
 from snapgroup.api.labels import GROUP_LABEL, SCHEDULE_LABEL
 from snapgroup.api.schedule import PLURAL as SCHEDULES
@@ -43,7 +42,7 @@ Items = dict[str, dict[str, Any]]
 
 def kubectl(cluster: Any, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(ensure_binaries() / "kubectl"), "--kubeconfig", str(cluster.kubeconfig),
+        [str(cluster.bin_dir / "kubectl"), "--kubeconfig", str(cluster.kubeconfig),
          "--request-timeout=30s", *args],
         input=stdin, capture_output=True, text=True, timeout=90, check=False,
     )

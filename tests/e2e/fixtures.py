@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,22 +14,13 @@ import pytest
 from e2e.bleater import Bleater
 from e2e.kube import Kube
 from e2e.operator_process import REPO, OperatorProcess
-from localcluster.build import ensure_binaries
-
-
-def kubectl(cluster: Any, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """The cluster's kubectl (built with it) through the admin kubeconfig."""
-    return subprocess.run(
-        [str(ensure_binaries() / "kubectl"), "--kubeconfig", str(cluster.kubeconfig), *args],
-        check=check, capture_output=True, text=True, timeout=120,
-    )
 
 
 @pytest.fixture(scope="session")
 def crds(local_cluster: Any) -> None:
     """The snapgroup CRDs, applied server-side and established."""
-    kubectl(local_cluster, "apply", "--server-side", "-f", str(REPO / "crds"))
-    kubectl(local_cluster, "wait", "--for=condition=Established", "--timeout=60s",
+    local_cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    local_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
             "crd/snapshotgroups.snapgroup.dev")
 
 

@@ -4,7 +4,6 @@ tests/cluster/test_install.py."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from cluster.sa_kubeconfig import service_account_kubeconfig
 from e2e.kube import Kube
 from e2e.operator_process import REPO, OperatorProcess
 from e2e.test_bleater_group import condition, sample
-from localcluster.build import ensure_binaries
 
 pytestmark = pytest.mark.cluster
 
@@ -23,12 +21,9 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture
 def installed(local_cluster: Any) -> Iterator[Path]:
     """`kubectl apply -k deploy/`, then a kubeconfig for the operator's ServiceAccount."""
-    kubectl = [str(ensure_binaries() / "kubectl"), "--kubeconfig", str(local_cluster.kubeconfig)]
-    subprocess.run([*kubectl, "apply", "--server-side", "-k", str(REPO / "deploy")], check=True,
-                   capture_output=True, text=True, timeout=120)
+    local_cluster.kubectl("apply", "--server-side", "-k", str(REPO / "deploy"))
     yield service_account_kubeconfig(local_cluster, "snapgroup-system", "snapgroup")
-    subprocess.run([*kubectl, "delete", "namespace", "snapgroup-system", "--timeout=90s"],
-                   capture_output=True, timeout=120, check=False)
+    local_cluster.kubectl("delete", "namespace", "snapgroup-system", "--timeout=90s", check=False)
 
 
 def test_operator_with_its_service_account_completes_the_bleater_group(

@@ -33,7 +33,7 @@ from snapgroup.api.schedule import (
 )
 from snapgroup.api.snapshotgroup import KIND as GROUP_KIND
 from snapgroup.api.snapshotgroup import Phase
-from snapgroup.ports import ScheduledGroup
+from snapgroup.ports import ScheduledGroup, StepError
 
 Clock = Callable[[], datetime]
 """Where "now" comes from: the system clock in the operator, a hand-moved one in tests."""
@@ -66,13 +66,8 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
-class ScheduleError(ValueError):
+class ScheduleError(StepError, ValueError):
     """spec.schedule or spec.timeZone cannot be used; reason is CamelCase, message for a person."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 # --- ticks --------------------------------------------------------------------------------------
