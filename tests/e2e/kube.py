@@ -159,6 +159,23 @@ class Kube:
                 raise AssertionError(f"VolumeSnapshots {names} still exist after {timeout}s")
             time.sleep(0.2)  # polling for the snapshot controller's finalizers to go
 
+    def wait_event_reasons(self, namespace: str, name: str, reasons: set[str],
+                           timeout: float = 30.0) -> set[str]:
+        """Wait until Events with all these reasons exist for an object; return every reason seen.
+
+        The operator records Events after the status write they describe, so a test that saw the
+        status may look a moment before the Event is there.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = {reason for reason, _ in self.events(namespace, name)}
+            if reasons <= seen:
+                return seen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{namespace}/{name}: Events {sorted(reasons - seen)} missing "
+                                     f"after {timeout}s; seen {sorted(seen)}")
+            time.sleep(0.2)  # polling the Events list
+
     def snapshots(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """VolumeSnapshots matching a selector."""
         listing = self.custom.list_namespaced_custom_object(

@@ -101,7 +101,7 @@ def test_bad_input_fails_cleanly(
     assert kube.snapshots("bleater", f"snapgroup.dev/group={group_name}") == []
     writer_after = kube.deployment("bleater", "data-writer")
     assert writer_after.metadata.resource_version == writer_before.metadata.resource_version
-    assert reason in {r for r, _ in kube.events("bleater", group_name)}
+    kube.wait_event_reasons("bleater", group_name, {reason})
     newest = min(max(r.seq for r in bleater.records(s)) for s in SERVICES)
     bleater.wait_new_records(newest)
 

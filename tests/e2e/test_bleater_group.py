@@ -102,8 +102,7 @@ def test_bleater_group_is_consistent_restorable_and_resumes_the_writer(
         assert contiguous(seqs), f"{service}: sequence has gaps or duplicates"
 
     # What a person sees: Events for the steps.
-    reasons = {reason for reason, _ in kube.events("bleater", group_name)}
-    assert {"Planned", "SnapshotsCut", "Succeeded"} <= reasons
+    kube.wait_event_reasons("bleater", group_name, {"Planned", "SnapshotsCut", "Succeeded"})
 
     # What Prometheus sees: one more freeze window and one more succeeded group.
     metrics_after = scrape(operator)

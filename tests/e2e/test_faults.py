@@ -193,7 +193,7 @@ def test_group_deleted_mid_window(
     kube.delete_group("bleater", group_name)
     kube.wait_group_gone("bleater", group_name, timeout=60)
     back = wait_writer_back(kube, replicas, deleted_at)
-    assert "GroupDeleted" in {reason for reason, _ in kube.events("bleater", group_name)}
+    kube.wait_event_reasons("bleater", group_name, {"GroupDeleted"})
     assert_nothing_frozen_or_lost(kube, bleater, replicas)
     kube.wait_snapshots_gone("bleater", f"snapgroup.dev/group={group_name}")
     record(FaultOutcome("SnapshotGroup deleted mid-window", "deleted", "GroupDeleted",

@@ -35,6 +35,8 @@ def test_passwords_appear_in_no_status_event_or_log(
     kube.create_group(doc)
     groups = [kube.wait_group("bleater", name) for name in (good, bad)]
     assert groups[1]["status"]["phase"] == "Failed"  # the failure path ran, with its messages
+    kube.wait_event_reasons("bleater", good, {"Succeeded"})
+    kube.wait_event_reasons("bleater", bad, {"AuthenticationFailed"})  # scan the failure's Event too
 
     secrets = {
         bleater.pg["password"], bleater.mongo["password"], bleater.s3["secretKey"], WRONG_PASSWORD,
