@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from snapgroup.api.crd import check_crds, write_crds
 from snapgroup.api.snapshotgroup import KIND, SnapshotGroupSpec, SnapshotGroupStatus
 from snapgroup.hooks.registry import HookContext
-from snapgroup.orchestration.groups import MAX_WINDOWS
+from snapgroup.orchestration.groups import MAX_WINDOWS, RETRY_DELAY
 from snapgroup.orchestration.plan import Plan, make_plan
 from snapgroup.orchestration.verification import verify
 from snapgroup.ports import PlanError
@@ -60,7 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     memo = kopf.Memo(
-        runtime=Runtime.from_environment(args.kubeconfig, args.namespace or (), args.max_windows)
+        runtime=Runtime.from_environment(
+            args.kubeconfig, args.namespace or (), args.max_windows, args.retry_delay)
     )
     kopf.run(
         standalone=True,
@@ -330,6 +331,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
     run.add_argument("--max-windows", type=int, default=MAX_WINDOWS,
                      help="freeze windows open at once; later groups wait, with nothing frozen")
+    run.add_argument("--retry-delay", type=float, default=RETRY_DELAY,
+                     help="seconds before a failed attempt is retried (doubling for each further one)")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=cmd_run)
 

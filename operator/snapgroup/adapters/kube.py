@@ -32,9 +32,11 @@ from kubernetes.client.exceptions import ApiException
 from snapgroup import metrics
 from snapgroup.api import API_VERSION, GROUP, VERSION
 from snapgroup.api.base import LabelSelector
+from snapgroup.api.labels import GROUP_UID_LABEL, QUIESCE_LABEL, QUIESCE_RECORD
 from snapgroup.api.snapshotgroup import KIND, PLURAL
 from snapgroup.ports import (
     EventType,
+    LeaseRecord,
     PvcInfo,
     SnapshotClassInfo,
     SnapshotInfo,
@@ -58,6 +60,7 @@ _LIST_PAGE = 500
 _HTTP_GONE = 410
 _LEASE_ATTEMPTS = 5
 _WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+_LEASE_LABELS = {"app.kubernetes.io/managed-by": "snapgroup"}
 
 
 def load_api_client(
@@ -314,14 +317,39 @@ class KubeCluster:
     # -- volume snapshots ------------------------------------------------------------------
 
     async def create_snapshot(self, namespace: str, body: dict[str, Any]) -> None:
-        """Create a VolumeSnapshot; one that already exists by that name counts as created."""
-        name = (body.get("metadata") or {}).get("name", "")
-        await self._call(
+        """Create a VolumeSnapshot; one that already exists by that name counts as created only
+        when it carries the same group-uid label (a retry of our own create). Anybody else's
+        raises StepError("SnapshotNameTaken"): it is never adopted."""
+        meta = body.get("metadata") or {}
+        name = meta.get("name", "")
+        created = await self._call(
             "create", f"create VolumeSnapshot {namespace}/{name}",
             self._custom.create_namespaced_custom_object,
             SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION, namespace, "volumesnapshots", body,
             allow={409},
         )
+        if created is not None:
+            return
+        ours = (meta.get("labels") or {}).get(GROUP_UID_LABEL)
+        existing = await self.get_snapshot(namespace, name)
+        if existing is not None and existing.owner_uid != ours:
+            raise StepError(
+                "SnapshotNameTaken",
+                f"VolumeSnapshot {namespace}/{name} already exists and belongs to "
+                + (f"another SnapshotGroup (uid {existing.owner_uid})" if existing.owner_uid
+                   else "no SnapshotGroup")
+                + "; it was left alone: delete it or give the group another name",
+            )
+
+    async def get_snapshot(self, namespace: str, name: str) -> SnapshotInfo | None:
+        """One VolumeSnapshot, or None when it does not exist."""
+        found = await self._call(
+            "get", f"read VolumeSnapshot {namespace}/{name}",
+            self._custom.get_namespaced_custom_object,
+            SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION, namespace, "volumesnapshots", name,
+            allow={404},
+        )
+        return None if found is None else _snapshot_info(found)
 
     async def delete_snapshot(self, namespace: str, name: str) -> None:
         """Delete a VolumeSnapshot; a missing one counts as deleted."""
@@ -514,13 +542,16 @@ class KubeCluster:
     # -- leases (mutual exclusion of groups over shared targets) ----------------------------
 
     async def acquire_lease(
-        self, namespace: str, name: str, holder: str, seconds: int
+        self, namespace: str, name: str, holder: str, seconds: int,
+        labels: Mapping[str, str] | None = None,
     ) -> str | None:
         """Take a coordination.k8s.io Lease for holder, or renew it.
 
         Returns None when holder now holds it, else the identity of the live holder. A lease
         whose holder let it expire (renewTime + leaseDurationSeconds in the past) is taken
-        over. Every write carries the resourceVersion read, so two takers never both win.
+        over, unless it carries another holder's quiesce record. Holders are compared by group
+        (``<group>/<uid>``, the part before ``@``): a restarted operator renews its groups'
+        Leases. Every write carries the resourceVersion read, so two takers never both win.
         """
         action = f"take Lease {namespace}/{name}"
         for _ in range(_LEASE_ATTEMPTS):
@@ -531,7 +562,7 @@ class KubeCluster:
             if lease is None:
                 # No times in the body: the model layer would reformat them; creationTimestamp
                 # stands for the first renewal.
-                body = {"metadata": {"name": name},
+                body = {"metadata": {"name": name, "labels": {**(labels or {}), **_LEASE_LABELS}},
                         "spec": {"holderIdentity": holder, "leaseDurationSeconds": seconds}}
                 created = await self._call(
                     "create", action, self._coordination.create_namespaced_lease, namespace, body,
@@ -542,7 +573,10 @@ class KubeCluster:
                 continue  # someone created it meanwhile: look again
             spec = lease.get("spec") or {}
             current = spec.get("holderIdentity")
-            if current and current != holder and not _lease_expired(lease):
+            mine = bool(current) and _same_holder(str(current), holder)
+            if current and not mine and (
+                not _lease_expired(lease) or QUIESCE_RECORD in _annotations(lease)
+            ):
                 return str(current)
             now = _micro_time(datetime.now(UTC))
             patch: dict[str, Any] = {
@@ -550,7 +584,7 @@ class KubeCluster:
                 "spec": {"holderIdentity": holder, "leaseDurationSeconds": seconds,
                          "renewTime": now},
             }
-            if current != holder:
+            if not mine:
                 patch["spec"]["acquireTime"] = now
                 patch["spec"]["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
             done = await self._call(
@@ -564,12 +598,14 @@ class KubeCluster:
         )
 
     async def release_lease(self, namespace: str, name: str, holder: str) -> None:
-        """Delete a Lease if holder still holds it (the resourceVersion read is a precondition)."""
+        """Delete a Lease if holder still holds it (the resourceVersion read is a precondition);
+        one that carries a quiesce record is kept for the safety net."""
         action = f"release Lease {namespace}/{name}"
         lease = await self._call(
             "get", action, self._coordination.read_namespaced_lease, name, namespace, allow={404},
         )
-        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != holder:
+        current = str((lease or {}).get("spec", {}).get("holderIdentity") or "")
+        if lease is None or not _same_holder(current, holder) or QUIESCE_RECORD in _annotations(lease):
             return
         preconditions = {"uid": lease["metadata"]["uid"],
                          "resourceVersion": lease["metadata"]["resourceVersion"]}
@@ -577,6 +613,62 @@ class KubeCluster:
             "delete", action, self._coordination.delete_namespaced_lease, name, namespace,
             body={"preconditions": preconditions}, allow={404, 409},
         )
+
+    async def set_lease_record(
+        self, namespace: str, name: str, holder: str, record: Mapping[str, Any] | None
+    ) -> None:
+        """Write (or with None remove) the quiesce record of a Lease held by holder's group.
+
+        Raises StepError("LeaseNotHeld") when the Lease is gone or another group holds it.
+        """
+        action = f"{'write' if record is not None else 'remove'} the quiesce record of Lease " \
+                 f"{namespace}/{name}"
+        lease = await self._call(
+            "get", action, self._coordination.read_namespaced_lease, name, namespace, allow={404},
+        )
+        current = str((lease or {}).get("spec", {}).get("holderIdentity") or "")
+        if lease is None or not _same_holder(current, holder):
+            if record is None:
+                return  # nothing of ours left to remove
+            raise StepError("LeaseNotHeld", f"{action}: the Lease is not held by {holder}")
+        value = None if record is None else json.dumps(dict(record), sort_keys=True)
+        patch = {"metadata": {
+            "resourceVersion": lease["metadata"]["resourceVersion"],
+            "annotations": {QUIESCE_RECORD: value},
+            "labels": {QUIESCE_LABEL: None if record is None else "held"},
+        }}
+        done = await self._call(
+            "patch", action, self._coordination.patch_namespaced_lease, name, namespace, patch,
+            _content_type=_MERGE_PATCH, allow={409},
+        )
+        if done is None:
+            raise StepError("LeaseContended", f"{action}: the Lease changed meanwhile")
+
+    async def list_lease_records(self) -> list[LeaseRecord]:
+        """Every Lease with a quiesce record, in the watched namespaces."""
+        selector = f"{QUIESCE_LABEL}=held"
+        if self.namespaces:
+            items = [
+                item for ns in self.namespaces
+                for item in _items(await self._call(
+                    "list", f"list Leases in {ns} with quiesce records",
+                    self._coordination.list_namespaced_lease, ns, label_selector=selector))
+            ]
+        else:
+            items = _items(await self._call(
+                "list", "list Leases with quiesce records",
+                self._coordination.list_lease_for_all_namespaces, label_selector=selector))
+        found = []
+        for item in items:
+            try:
+                record = json.loads(_annotations(item).get(QUIESCE_RECORD) or "")
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                found.append(LeaseRecord(
+                    namespace=item["metadata"]["namespace"], name=item["metadata"]["name"],
+                    holder=(item.get("spec") or {}).get("holderIdentity"), record=record))
+        return found
 
     async def wait_lease_change(self, namespace: str, name: str, timeout: float) -> None:
         """Return when the Lease changes or is deleted (at once if it is gone), or after timeout
@@ -735,6 +827,10 @@ def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("annotations") or {})
 
 
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
 def _workload_info(kind: str, obj: dict[str, Any]) -> WorkloadInfo:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
@@ -761,6 +857,7 @@ def _snapshot_info(obj: dict[str, Any]) -> SnapshotInfo:
         restore_size=None if restore_size is None else str(restore_size),
         error=(status.get("error") or {}).get("message"),
         content=status.get("boundVolumeSnapshotContentName"),
+        owner_uid=_labels(obj).get(GROUP_UID_LABEL),
     )
 
 
@@ -774,6 +871,11 @@ def _nanos_time(nanos: int) -> datetime:
 def _micro_time(moment: datetime) -> str:
     """A metav1.MicroTime: RFC 3339 with exactly six fractional digits, in UTC."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _same_holder(current: str, holder: str) -> bool:
+    """Whether two holder identities name the same group (``<group>/<uid>``, before ``@``)."""
+    return current.split("@", 1)[0] == holder.split("@", 1)[0]
 
 
 def _lease_expired(lease: dict[str, Any]) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from snapgroup.api.base import parse_duration
 from snapgroup.api.snapshotgroup import HookStep, ServiceTarget, SnapshotGroupSpec
 from snapgroup.hooks.registry import BoundHook, HookContext, ServiceHook, lookup
 from snapgroup.ports import PlanError
@@ -52,6 +53,12 @@ class Plan:
         """Every bound hook of the plan."""
         hooks = [*self.writers, *(s.hook for s in self.services)]
         return hooks + [h for s in self.steps for h in s.hooks]
+
+    def targets(self) -> list[str]:
+        """Exclusion keys of everything the window would touch: workloads, claims, servers."""
+        keys = {key for hook in self.bound_hooks() for key in hook.targets()}
+        keys.update(f"pvc:{pvc}" for s in self.services for pvc in s.pvcs)
+        return sorted(keys)
 
     async def release(self) -> None:
         """Close every session the plan opened."""
@@ -157,6 +164,8 @@ async def make_plan(ctx: HookContext, spec: SnapshotGroupSpec) -> Plan:
     async def step(stage: str, i: int, item: HookStep) -> PlannedStep:
         path = f"spec.hooks.{stage.lower()}[{i}]"
         hooks = await _bind(ctx, item.type, item.params, f"{path}.params", f"{path}.type")
+        for hook in hooks:
+            hook.apply_timeout = parse_duration(item.timeout).total_seconds()
         return PlannedStep(step=item, stage=stage, hooks=hooks)
 
     writers = asyncio.gather(*(writer(i) for i in range(len(spec.writers))),
