@@ -562,3 +562,15 @@ async def test_window_slots_bound_open_windows_and_later_groups_wait_unfrozen() 
     cluster.let_cut.set()
     await asyncio.gather(first, second)
     assert log.index("undo writer:Deployment/data-writer") < log.index("apply service:other")
+
+
+async def test_a_snapshot_name_held_by_another_group_is_refused_in_the_plan_and_left_alone() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    theirs = {"metadata": {"labels": {GROUP_UID_LABEL: "uid-of-an-earlier-group"}}}
+    cluster.snapshots["nightly-postgres-pg-data"] = theirs
+    status = await run_group(cluster)
+    assert status.phase == Phase.FAILED and status.attempts == []
+    failed = next(c for c in status.conditions if c.type == "Succeeded")
+    assert failed.reason == "SnapshotNameTaken" and "spec.services[0].name" in failed.message
+    assert log == [] and cluster.snapshots == {"nightly-postgres-pg-data": theirs}

@@ -99,7 +99,7 @@ class GroupRunner:
         self._stopping = True
         for uid, task in list(self.tasks.items()):
             run = self.runs.get(uid)
-            if run is not None and run.frozen:
+            if run is not None and run.in_window:
                 run.abort("OperatorStopping",
                           "the operator stopped during the group's freeze window", retriable=True)
             else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -86,10 +87,11 @@ class GroupRun:
         self.timings = Timings()
         self.window = Window(ctx, journal, self.timings)
         self._window_task: asyncio.Task[None] | None = None
-        self._queue_task: asyncio.Task[Any] | None = None
+        self._outer_task: asyncio.Task[Any] | None = None
         self._abort: Failure | None = None
-        self.frozen = False
-        """True once the window opened: an abort then thaws; before, nothing was touched."""
+        self.in_window = False
+        """True from the window's opening to the end of its thaw: an abort then thaws; outside
+        it nothing is frozen."""
 
     @property
     def attempt(self) -> int:
@@ -107,35 +109,46 @@ class GroupRun:
         for type_ in CONDITION_TYPES:
             j.condition(type_, "Unknown", "Pending", "not started yet")
         await j.flush()
-        self._queue_task = asyncio.current_task()
+        return await self._abortable(self._plan_freeze_finalize())
+
+    async def finalize(self) -> Failure | None:
+        """Only what is left after the window: readiness and the verdict (abortable)."""
+        return await self._abortable(self._finalize())
+
+    async def _plan_freeze_finalize(self) -> Failure | None:
+        failure = await self._plan_and_freeze()
+        return failure if failure is not None else await self._finalize()
+
+    async def _abortable(self, steps: Coroutine[Any, Any, Failure | None]) -> Failure | None:
+        """Run steps so that `abort` outside the window stops them at once (nothing is frozen
+        then: before the window nothing was touched, after it everything was thawed)."""
+        self._outer_task = asyncio.current_task()
         try:
-            failure = await self._plan_and_freeze()
+            return await steps
         except asyncio.CancelledError:
-            if self._abort is None or self.frozen:
+            if self._abort is None or self.in_window:
                 raise
-            # Aborted while queued or planning: nothing was frozen, so nothing to undo.
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            failure = Failure(self._abort.reason, f"{self._abort.message}; it had frozen nothing",
-                              self._abort.retriable)
+            done = "it had frozen nothing" if self.window.effects == [] else \
+                "its window had already closed"
+            return Failure(self._abort.reason, f"{self._abort.message}; {done}", self._abort.retriable)
         except StepError as exc:
-            failure = Failure(exc.reason, exc.message, exc.reason in PLAN_RETRIABLE)
+            return Failure(exc.reason, exc.message, exc.reason in PLAN_RETRIABLE)
         finally:
-            self._queue_task = None
-        if failure is not None:
-            return failure
-        return await self.finalize()
+            self._outer_task = None
 
     def abort(self, reason: str, message: str, retriable: bool = False) -> None:
         """Stop now (the group was deleted, the operator is stopping, a Lease was lost): thaw
-        an open window, or leave the queue with nothing touched."""
+        an open window, or leave the queue or the wait for readiness with nothing frozen."""
         if self._abort is None:
             self._abort = Failure(reason, message, retriable)
-        if self._window_task is not None and not self._window_task.done():
-            self._window_task.cancel()
-        elif self._queue_task is not None and not self.frozen:
-            self._queue_task.cancel()
+        if self.in_window:
+            if self._window_task is not None and not self._window_task.done():
+                self._window_task.cancel()
+        elif self._outer_task is not None:
+            self._outer_task.cancel()
 
     async def _plan_and_freeze(self) -> Failure | None:
         plan = await self._plan()
@@ -167,7 +180,7 @@ class GroupRun:
                        retriable=True)
 
     async def _plan(self) -> Plan | Failure:
-        plan = await make_plan(self.ctx, self.spec)
+        plan = await make_plan(self.ctx, self.spec, self.attempt)
         if plan.ok:
             return plan
         detail = "; ".join(f"{p.field_path}: {p.message}" for p in plan.problems)
@@ -186,7 +199,7 @@ class GroupRun:
         started = time.monotonic()
         self.ctx.deadline = started + budget
         j.status.freeze = FreezeWindow(start=now())
-        self.frozen = True
+        self.in_window = True
         window = self._window_task = asyncio.create_task(self._frozen_steps(plan))
         failure: Failure | None = None
         try:
@@ -204,6 +217,7 @@ class GroupRun:
                 await uncancellable(asyncio.gather(window, return_exceptions=True))
             held = await uncancellable(self._thaw(plan, started))
             self._window_task = None
+            self.in_window = False
         if failure is None and held:
             failure = Failure("ThawIncomplete", "the snapshots were cut, but "
                               + summarize_thaw(self.window.held()), retriable=False)
@@ -380,7 +394,7 @@ class GroupRun:
 
     # -- after the window ---------------------------------------------------------------
 
-    async def finalize(self) -> Failure | None:
+    async def _finalize(self) -> Failure | None:
         """After the window: wait for readyToUse, judge consistency, succeed."""
         j, ctx = self.journal, self.ctx
         j.phase(Phase.FINALIZING, "waiting for snapshots to be ready")

@@ -49,6 +49,8 @@ class Effect:
     stage: str
     record: UndoRecord
     """The intent until apply returns, then the full undo record."""
+    started: bool = False
+    """apply was entered: from here on the side effect may have happened."""
     applied: bool = False
     """apply returned: the side effect is known to have happened."""
     undone: bool = False
@@ -126,6 +128,7 @@ class Window:
         hook = effect.hook
         t0 = time.monotonic()
         await failpoints.reached(f"before:{hook.key}")
+        effect.started = True
         try:
             async with asyncio.timeout(hook.apply_timeout):
                 record = await hook.apply()
@@ -159,6 +162,14 @@ class Window:
 
     async def _undo(self, effect: Effect) -> None:
         hook, j = effect.hook, self.journal
+        if not effect.started:
+            # Registered, but its apply never began (an earlier step or the journal write
+            # failed first): nothing can have happened.
+            effect.undone, effect.outcome = True, "never started"
+            metrics.ISOLATED.ended(self.ctx.namespace, hook.targets())
+            j.mark(hook.key, hook.type, "Post", HookState.UNDONE, message="never started")
+            await self._clear_quiesce_record(effect)
+            return
         t0 = time.monotonic()
         text = ""
         for pause in (*UNDO_BACKOFF, None):
