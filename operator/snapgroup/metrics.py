@@ -35,6 +35,15 @@ API_REQUESTS = Counter(
     "Requests the operator's Kubernetes adapter sent, by verb (kopf's own watches not included).",
     ["verb"],
 )
+API_RETRIES = Counter(
+    "snapgroup_kubernetes_request_retries_total",
+    "Kubernetes requests retried after a transient failure (no answer, HTTP 429/5xx), by verb.",
+    ["verb"],
+)
+LEADER = Gauge(
+    "snapgroup_leader",
+    "1 while this process holds the leader Lease (snapgroup run --leader-elect), else 0.",
+)
 WRITERS_ISOLATED = Gauge("snapgroup_writers_isolated", "Writer workloads currently held at zero replicas.")
 
 

@@ -2,7 +2,12 @@
 
 Every request runs in a worker thread with its own ``_request_timeout`` and reads the raw JSON
 body (the client's model classes are slow to build and unnecessary here). Waiting is done by
-list + watch from the list's resourceVersion, never by polling. API errors become
+list + watch from the list's resourceVersion, never by polling; watches have threads and
+connections of their own, so however many groups wait, a thaw's requests never queue behind
+them. A transient failure (no answer, a reset connection, HTTP 429/5xx) is retried with capped
+exponential backoff for up to ``outage_tolerance`` seconds, so a short API server restart is
+ridden through; every verb used is safe to repeat (merge patches, reads, creates where 409 means
+"already there", deletes where 404 means "already gone"). API errors become
 ``StepError("KubernetesApiError", ...)`` carrying the server's message and never a request or
 response body that could hold Secret data.
 """
@@ -13,7 +18,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import copy
 import json
+import logging
 import math
 import os
 import socket
@@ -44,18 +51,28 @@ from snapgroup.ports import (
 
 from .kube_watch import WatchStream
 
+log = logging.getLogger("snapgroup.kube")
+
 SNAPSHOT_API_GROUP = "snapshot.storage.k8s.io"
 SNAPSHOT_API_VERSION = "v1"
 DEFAULT_SNAPSHOT_CLASS_ANNOTATION = "snapshot.storage.kubernetes.io/is-default-class"
 EVENT_SOURCE_COMPONENT = "snapgroup"
 REPORTING_CONTROLLER = "snapgroup.dev/operator"
 MAX_CONCURRENT_REQUESTS = 64
-"""Worker threads and pooled connections per client: every waiting watch holds one of each."""
+"""Worker threads and pooled connections for ordinary requests (watches have their own)."""
+MAX_CONCURRENT_WATCHES = 1024
+"""Bound on watches open at once: each holds a thread and a connection for as long as it waits.
+Threads are started as waits need them, so the pool grows with the number of waits."""
+OUTAGE_TOLERANCE = 15.0
+"""Seconds of transient API failures (from the first) a request retries through before failing."""
 
 _MERGE_PATCH = "application/merge-patch+json"
 _EVENT_MESSAGE_LIMIT = 1024
 _LIST_PAGE = 500
 _HTTP_GONE = 410
+_TRANSIENT_STATUS = frozenset({0, 429, 500, 502, 503, 504})  # 0: the client's own TLS failure
+_FIRST_BACKOFF = 0.2
+_MAX_BACKOFF = 2.0
 _LEASE_ATTEMPTS = 5
 _WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 
@@ -98,6 +115,8 @@ class KubeCluster:
         *,
         request_timeout: float = 10.0,
         max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
+        max_concurrent_watches: int = MAX_CONCURRENT_WATCHES,
+        outage_tolerance: float = OUTAGE_TOLERANCE,
         namespaces: Collection[str] = (),
     ) -> None:
         self.namespaces = tuple(namespaces)
@@ -108,16 +127,30 @@ class KubeCluster:
         self._coordination = client.CoordinationV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         self._timeout = request_timeout
-        # A pool of our own: a watch blocks its thread for as long as it waits, and the loop's
-        # default pool (CPUs + 4 threads) would let a few waiting groups stall every other call.
+        self.outage_tolerance = outage_tolerance
+        # Pools of our own, one for requests and one for watches: a watch blocks its thread and
+        # its connection for as long as it waits, so sharing either would let enough waiting
+        # groups stall every other call (a thaw, a journal write) behind them.
         self._executor = ThreadPoolExecutor(
             max_workers=max_concurrent_requests, thread_name_prefix="snapgroup-kube"
         )
+        self._watch_executor = ThreadPoolExecutor(
+            max_workers=max_concurrent_watches, thread_name_prefix="snapgroup-watch"
+        )
+        # Same server, credentials and token refresh (a shallow copy shares them); its own pool.
+        watch_configuration = copy.copy(api_client.configuration)
+        watch_configuration.connection_pool_maxsize = max_concurrent_watches
+        self._watch_client = client.ApiClient(configuration=watch_configuration)
+        self._watch_apis: dict[type[Any], Any] = {}
         self.requests: Counter[str] = Counter()
+        self.retries: Counter[str] = Counter()
+        """Requests retried after a transient failure, per verb (watches: reopened)."""
 
     def close(self) -> None:
         """Release the worker threads; requests still running end at their own timeouts."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._watch_executor.shutdown(wait=False, cancel_futures=True)
+        self._watch_client.rest_client.pool_manager.clear()
 
     # -- claims, secrets, classes ---------------------------------------------------------
 
@@ -627,22 +660,39 @@ class KubeCluster:
         allow: Collection[int] = (), **kwargs: Any,
     ) -> Any:
         """Send one request in a worker thread: the decoded JSON body, or None for an allowed
-        error status (404 read as "absent", 409 on create as "already there")."""
-        self.requests[verb] += 1
-        metrics.API_REQUESTS.labels(verb).inc()
+        error status (404 read as "absent", 409 on create as "already there").
+
+        Transient failures are retried with capped exponential backoff until
+        ``outage_tolerance`` seconds have passed since the first; the waits are plain sleeps
+        on the loop, so cancelling the caller stops the retries at once.
+        """
         request = partial(_send, method, *args, _request_timeout=self._timeout, **kwargs)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, request)
-        except ApiException as exc:
-            if exc.status in allow:
-                return None
-            raise _api_error(action, exc) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise StepError(
-                "KubernetesApiError",
-                f"{action}: no answer from the API server within {self._timeout:g}s "
-                f"({type(exc).__name__})",
-            ) from exc
+        loop = asyncio.get_running_loop()
+        give_up: float | None = None
+        delay = _FIRST_BACKOFF
+        while True:
+            self.requests[verb] += 1
+            metrics.API_REQUESTS.labels(verb).inc()
+            try:
+                return await loop.run_in_executor(self._executor, request)
+            except ApiException as exc:
+                if exc.status in allow:
+                    return None
+                if exc.status not in _TRANSIENT_STATUS:
+                    raise _api_error(action, exc) from exc
+                failure: Exception = exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                failure = exc
+            now = loop.time()
+            give_up = now + self.outage_tolerance if give_up is None else give_up
+            if now >= give_up:
+                raise _outage_error(action, failure, self._timeout, self.outage_tolerance) from failure
+            pause = min(max(delay, _retry_after(failure)), give_up - now)
+            self.retries[verb] += 1
+            metrics.API_RETRIES.labels(verb).inc()
+            log.warning("%s: %s; retrying in %.1fs", action, _transient_cause(failure), pause)
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, _MAX_BACKOFF)
 
     async def _list_pages(self, action: str, method: Callable[..., Any]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -658,29 +708,48 @@ class KubeCluster:
         self, action: str, method: Callable[..., Any], *args: Any,
         resource_version: str, deadline: float, **kwargs: Any,
     ) -> _ActionWatch:
-        """A watch that the server itself ends by the deadline, with a read timeout just past it."""
+        """A watch that the server itself ends by the deadline, with a read timeout just past it.
+
+        It runs on the watch threads and connections (the same API call, bound to the watch
+        client), never on those of ordinary requests.
+        """
         remaining = deadline - asyncio.get_running_loop().time()
         server_timeout = max(1, math.ceil(remaining))
         self.requests["watch"] += 1
         metrics.API_REQUESTS.labels("watch").inc()
+        api = getattr(method, "__self__", None)
+        if api is not None:
+            if type(api) not in self._watch_apis:
+                self._watch_apis[type(api)] = type(api)(self._watch_client)
+            method = getattr(self._watch_apis[type(api)], method.__name__)
         open_request = partial(
             method, *args, watch=True, resource_version=resource_version,
             timeout_seconds=server_timeout, _preload_content=False,
             _request_timeout=(self._timeout, server_timeout + self._timeout), **kwargs,
         )
-        return _ActionWatch(action, open_request, self._executor)
+        return _ActionWatch(action, open_request, self._watch_executor)
 
     async def _next(self, stream: _ActionWatch) -> dict[str, Any] | None:
-        """The next event, or None when the watch ended and the caller should list again."""
+        """The next event, or None when the watch ended and the caller should list again.
+
+        A watch broken by a transient failure also ends this way, after a short pause: the
+        list that follows retries through the outage (or reports it), then watches again.
+        """
         try:
             return await stream.next_event()
         except ApiException as exc:
             if exc.status == _HTTP_GONE:
                 return None
-            raise _api_error(stream.action, exc) from exc
-        except urllib3.exceptions.HTTPError:
-            # A broken watch connection: listing again either recovers or reports the error.
-            return None
+            if exc.status not in _TRANSIENT_STATUS:
+                raise _api_error(stream.action, exc) from exc
+            failure: Exception = exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            failure = exc
+        self.retries["watch"] += 1
+        metrics.API_RETRIES.labels("watch").inc()
+        log.warning("%s: %s; listing again", stream.action, _transient_cause(failure))
+        await asyncio.sleep(_FIRST_BACKOFF)  # no hot loop while the server refuses watches
+        return None
 
 
 class _ActionWatch(WatchStream):
@@ -715,6 +784,32 @@ def _api_error(action: str, exc: ApiException) -> StepError:
     return StepError(
         "KubernetesApiError", f"{action} failed: HTTP {exc.status}: {detail[:500]}{hint}"
     )
+
+
+def _outage_error(action: str, failure: Exception, timeout: float, tolerance: float) -> StepError:
+    if isinstance(failure, ApiException):
+        error = _api_error(action, failure)
+        return StepError(error.reason, f"{error.message} (still failing after {tolerance:g}s of retries)")
+    return StepError(
+        "KubernetesApiError",
+        f"{action}: no answer from the API server within {timeout:g}s "
+        f"({type(failure).__name__}), still none after {tolerance:g}s of retries",
+    )
+
+
+def _transient_cause(failure: Exception) -> str:
+    if isinstance(failure, ApiException):
+        return f"HTTP {failure.status} {failure.reason or ''}".rstrip()
+    return f"no answer ({type(failure).__name__})"
+
+
+def _retry_after(failure: Exception) -> float:
+    """The server's Retry-After (HTTP 429 from API priority and fairness), capped; else 0."""
+    headers = getattr(failure, "headers", None) or {}
+    try:
+        return min(float(headers.get("Retry-After", 0)), _MAX_BACKOFF * 2)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _require_selector(selector: str, what: str) -> None:
