@@ -58,8 +58,6 @@ def _cell(value: object) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the operator until interrupted; with --leader-elect, only while this process leads."""
-    import kopf
-
     from snapgroup import handlers, metrics
 
     assert handlers  # registers the kopf handlers
@@ -70,9 +68,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf logs in through the same kubeconfig
     if args.metrics_port:
         metrics.serve(args.metrics_port)
+    # asyncio.run's set-up and clean-up, with the loop known beforehand for the health check.
+    with asyncio.Runner() as runner:
+        return _run_operator(args, runner.get_loop())
+
+
+def _run_operator(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
+    """Stand by until leading (with --leader-elect), then run kopf on loop until it stops."""
+    import kopf
+
+    from snapgroup import metrics
+
     election: LeaderElection | None = None
     health: HealthServer | None = None
-    loop = asyncio.new_event_loop()
     if args.leader_elect:
         namespace = args.leader_election_namespace or default_namespace()
         if namespace is None:
@@ -86,6 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         health = HealthServer(args.liveness, partial(_health, election, loop))
         health.start()
         election.acquire()  # blocks while another replica leads
+    else:
+        metrics.LEADER.set(1)  # alone: this process acts
     memo = kopf.Memo(
         runtime=Runtime.from_environment(args.kubeconfig, args.namespace or (), args.max_windows)
     )
@@ -103,7 +113,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             election.release()  # after kopf's cleanup thawed open windows
         if health is not None:
             health.stop()
-        loop.close()
     return EXIT_OK
 
 

@@ -42,7 +42,7 @@ API_RETRIES = Counter(
 )
 LEADER = Gauge(
     "snapgroup_leader",
-    "1 while this process holds the leader Lease (snapgroup run --leader-elect), else 0.",
+    "1 while this process runs groups: it holds the leader Lease, or runs without --leader-elect.",
 )
 WRITERS_ISOLATED = Gauge("snapgroup_writers_isolated", "Writer workloads currently held at zero replicas.")
 

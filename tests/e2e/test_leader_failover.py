@@ -105,3 +105,24 @@ def test_leader_killed_mid_window_standby_takes_over_and_recovers(
                         failed["reason"], round(back, 2),
                         f"standby took the Lease {took_lease:.2f}s after the kill; "
                         + failed["message"][:120]))
+
+
+def test_leader_stopped_gives_the_lease_up_and_the_standby_runs_groups(
+    armed: Any, kube: Kube, bleater: Bleater, group_name: str
+) -> None:
+    lease = f"snapgroup-leader-{uuid.uuid4().hex[:8]}"
+    replicas = kube.replicas("bleater", WRITER)
+    first = armed("", *leader_election(lease))
+    leader = wait_for(lambda: leading(first), 60, "the first replica to lead")
+    second = armed("", *leader_election(lease))
+    standby = wait_for(lambda: second.health().get("holder") == leader and second.health()["identity"],
+                       60, "the second replica to stand by")
+    first.stop()  # SIGTERM, as Kubernetes stops a pod
+    assert first.process is not None and first.process.returncode == 0, first.tail()
+    assert "gave the Lease up" in first.tail(200)
+    wait_for(lambda: lease_holder(kube, lease) == standby, 30, "the standby to take the Lease")
+    assert leading(second) == standby
+    kube.create_group(sample(group_name))
+    group = kube.wait_group("bleater", group_name)
+    assert group["status"]["phase"] == "Succeeded", condition(group, "Succeeded")
+    assert_nothing_frozen_or_lost(kube, bleater, replicas)
