@@ -154,6 +154,8 @@ class Window:
             pending = [e for e in self.effects if e.stage == stage and not e.undone]
             await asyncio.gather(*(self._undo(e) for e in reversed(pending)))
             await self._flush_quietly()
+        # Bookkeeping, not safety: the records of what was resumed go once everything is.
+        await asyncio.gather(*(self._clear_quiesce_record(e) for e in self.effects if e.undone))
         return self.held()
 
     def held(self) -> list[Effect]:
@@ -168,7 +170,6 @@ class Window:
             effect.undone, effect.outcome = True, "never started"
             metrics.ISOLATED.ended(self.ctx.namespace, hook.targets())
             j.mark(hook.key, hook.type, "Post", HookState.UNDONE, message="never started")
-            await self._clear_quiesce_record(effect)
             return
         t0 = time.monotonic()
         text = ""
@@ -187,7 +188,6 @@ class Window:
             await failpoints.reached(f"undo:{hook.key}")
             j.mark(hook.key, hook.type, "Post", HookState.UNDONE, message=message)
             j.event("Normal", "HookUndone", f"{hook.key}: {message}")
-            await self._clear_quiesce_record(effect)
             break
         metrics.HOOK_SECONDS.labels(hook.type, "undo").observe(time.monotonic() - t0)
         if not effect.undone:
