@@ -126,8 +126,9 @@ class GroupRunner:
             except asyncio.CancelledError:
                 if ref.uid not in self._deleting:
                     raise  # the operator is stopping: the next one goes on from the journal
-                await journal.fail("GroupDeleted", "the SnapshotGroup was deleted before it froze "
-                                   "anything; nothing was touched")
+                when = "between two attempts" if journal.status.attempts else "before it froze anything"
+                await journal.fail("GroupDeleted", f"the SnapshotGroup was deleted {when}; "
+                                   "nothing is frozen")
 
     async def _attempts(self, ref: GroupRef, journal: Journal, spec: SnapshotGroupSpec) -> None:
         """The current attempt (recovered, finishing, or new), then retries within backoffLimit."""
