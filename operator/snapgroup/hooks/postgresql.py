@@ -39,8 +39,9 @@ class PostgresBackup(BoundService[PostgresSession]):
         self._evidence["serverVersion"] = _version_text(version)
 
     def intent(self) -> UndoRecord:
-        """The backup label, known before acting."""
-        return {"label": self.label}
+        """The backup label and how a restarted operator reconnects (its recover step needs the
+        Secret's name to find and close a session left behind), known before acting."""
+        return {"label": self.label, **self.connection_record()}
 
     def quiesce_record(self) -> UndoRecord:
         """How a repair finds and closes the group's session if the group vanishes."""
@@ -50,7 +51,7 @@ class PostgresBackup(BoundService[PostgresSession]):
         """Enter backup mode (with a fast checkpoint); record the start LSN."""
         start = await self.session.backup_start(self.label)
         self._evidence["backupStartLSN"] = start
-        return {"label": self.label, "startLsn": start}
+        return {**self.intent(), "startLsn": start}
 
     async def undo(self, record: UndoRecord) -> str:
         """Leave backup mode on the session that entered it."""
