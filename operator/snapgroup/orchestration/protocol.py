@@ -121,6 +121,9 @@ class GroupRun:
                               self._abort.retriable)
         except StepError as exc:
             failure = Failure(exc.reason, exc.message, exc.reason in PLAN_RETRIABLE)
+        except Exception as exc:  # a bug or an untranslated client error: fail, never stall
+            log.error("%s: unexpected error in the run", self.ctx.qualified, exc_info=exc)
+            failure = Failure("InternalError", f"{type(exc).__name__}: {exc}", retriable=True)
         finally:
             self._queue_task = None
         if failure is not None:
@@ -390,8 +393,9 @@ class GroupRun:
             infos = await ctx.cluster.wait_snapshots(
                 ctx.namespace, group_selector(ctx.group_uid, self.attempt), names, "ready",
                 timeout=self.ready_timeout)
-        except (TimeoutError, StepError) as exc:
-            reason = exc.reason if isinstance(exc, StepError) else "SnapshotsNotReady"
+        except Exception as exc:
+            reason = exc.reason if isinstance(exc, StepError) else \
+                "SnapshotsNotReady" if isinstance(exc, TimeoutError) else "InternalError"
             await self._discard_snapshots()
             return Failure(reason, f"snapshots were cut but did not become ready: {exc}", True)
         self._apply_snapshot_infos(infos)
