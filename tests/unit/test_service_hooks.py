@@ -338,6 +338,23 @@ async def test_postgres_undo_after_session_died_reports_instead_of_failing() -> 
     assert "backupStopLSN" not in hook.evidence()
 
 
+async def test_postgres_undo_whose_stop_fails_closes_the_session_and_says_the_backup_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connectors = FakeConnectors()
+    hook = await plan_one("postgresql", with_secret("postgresql"), connectors)
+    record = await hook.apply()
+
+    async def stop_fails() -> str:
+        raise StepError("Timeout", "pg_backup_stop did not answer")
+    monkeypatch.setattr(connectors.postgres_session, "backup_stop", stop_fails)
+
+    message = await hook.undo(record)
+
+    assert connectors.postgres_session.closed == 1, "closing the session ends the backup"
+    assert "did not answer" in message and "ended with its session" in message
+
+
 async def test_newest_record_is_none_without_last_record() -> None:
     for service_type in ("postgresql", "mongodb", "minio"):
         hook = await plan_one(service_type, with_secret(service_type), FakeConnectors(),

@@ -62,11 +62,10 @@ class PostgresBackup(BoundService[PostgresSession]):
                 return SESSION_ENDED
             if exc.reason == "BackupNotInProgress":
                 return "no backup was in progress on the session; nothing to stop"
-            # Closing the session is the one sure way left to end the backup.
+            # Closing the session is the one sure way left to end the backup: PostgreSQL aborts
+            # a non-exclusive backup when its session ends, so once closed it is undone.
             await self.release()
-            raise StepError(
-                exc.reason, f"{exc.message}; the session was closed, which ends the backup"
-            ) from None
+            return f"pg_backup_stop failed ({exc.message}); the session was closed, {SESSION_ENDED}"
         self._evidence["backupStopLSN"] = stop
         return f"left backup mode at LSN {stop} (started at {record.get('startLsn', 'unknown')})"
 
