@@ -208,12 +208,15 @@ class GroupRun:
             held = await uncancellable(self._thaw(plan, started))
             self._window_task = None
         if failure is None and held:
-            failure = Failure("ThawIncomplete", "the snapshots were cut, but "
-                              + summarize_thaw(self.window.held()), retriable=False)
+            failure = Failure("ThawIncomplete", "the snapshots were cut (and deleted with the "
+                              "failed attempt), but " + summarize_thaw(self.window.held()),
+                              retriable=False)
         elif failure is not None:
-            await uncancellable(self._discard_snapshots())
             failure = Failure(failure.reason, f"{failure.message}; {summarize_thaw(self.window.held())}",
                               failure.retriable and not held)
+        if failure is not None:
+            # A failed attempt's snapshots are no backup the group can vouch for.
+            await uncancellable(self._discard_snapshots())
         return failure
 
     def _budget_exceeded(self) -> Failure:
