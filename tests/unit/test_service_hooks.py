@@ -308,7 +308,8 @@ async def test_postgres_backup_round_trip_records_lsns() -> None:
     connectors = FakeConnectors()
     hook = await plan_one("postgresql", with_secret("postgresql"), connectors)
     assert hook.key == "service:my-postgresql"
-    assert hook.intent() == {"label": "snapgroup bleater/nightly-1 my-postgresql"}
+    assert hook.intent() == {"label": "snapgroup bleater/nightly-1 my-postgresql",
+                             "secretRef": "postgresql-credentials", "timeout": 2.0}
 
     record = await hook.apply()
     assert record["startLsn"] == "0/2000028"
@@ -335,6 +336,23 @@ async def test_postgres_undo_after_session_died_reports_instead_of_failing() -> 
 
     assert "ended with its session" in message
     assert "backupStopLSN" not in hook.evidence()
+
+
+async def test_postgres_undo_whose_stop_fails_closes_the_session_and_says_the_backup_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connectors = FakeConnectors()
+    hook = await plan_one("postgresql", with_secret("postgresql"), connectors)
+    record = await hook.apply()
+
+    async def stop_fails() -> str:
+        raise StepError("Timeout", "pg_backup_stop did not answer")
+    monkeypatch.setattr(connectors.postgres_session, "backup_stop", stop_fails)
+
+    message = await hook.undo(record)
+
+    assert connectors.postgres_session.closed == 1, "closing the session ends the backup"
+    assert "did not answer" in message and "ended with its session" in message
 
 
 async def test_newest_record_is_none_without_last_record() -> None:
@@ -451,6 +469,19 @@ async def test_postgres_sessions_are_named_after_the_group_and_recover_closes_le
     message = await postgresql.recover(context(cluster, connectors), hook.key, record, False)
     assert "closed 1 session(s)" in message
     assert connectors.postgres_session.others == {"snapgroup:uid-2": 1}, "only the group's own"
+
+
+async def test_postgres_recover_from_the_journal_record_reconnects() -> None:
+    connectors = FakeConnectors()
+    cluster = with_secret("postgresql")
+    hook = await plan_one("postgresql", cluster, connectors)
+    postgresql = lookup("postgresql")
+    assert postgresql is not None
+    record = await hook.apply()
+    assert hook.intent().items() <= record.items(), "the applied record still says how to reconnect"
+    # What a restarted operator finds in the journal of a step still Applying: the intent.
+    message = await postgresql.recover(context(cluster, connectors), hook.key, hook.intent(), False)
+    assert "no session of the group is open" in message
 
 
 async def test_minio_recover_touches_nothing() -> None:

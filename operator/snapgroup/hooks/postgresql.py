@@ -39,8 +39,9 @@ class PostgresBackup(BoundService[PostgresSession]):
         self._evidence["serverVersion"] = _version_text(version)
 
     def intent(self) -> UndoRecord:
-        """The backup label, known before acting."""
-        return {"label": self.label}
+        """The backup label and how a restarted operator reconnects (its recover step needs the
+        Secret's name to find and close a session left behind), known before acting."""
+        return {"label": self.label, **self.connection_record()}
 
     def quiesce_record(self) -> UndoRecord:
         """How a repair finds and closes the group's session if the group vanishes."""
@@ -50,7 +51,7 @@ class PostgresBackup(BoundService[PostgresSession]):
         """Enter backup mode (with a fast checkpoint); record the start LSN."""
         start = await self.session.backup_start(self.label)
         self._evidence["backupStartLSN"] = start
-        return {"label": self.label, "startLsn": start}
+        return {**self.intent(), "startLsn": start}
 
     async def undo(self, record: UndoRecord) -> str:
         """Leave backup mode on the session that entered it."""
@@ -61,11 +62,10 @@ class PostgresBackup(BoundService[PostgresSession]):
                 return SESSION_ENDED
             if exc.reason == "BackupNotInProgress":
                 return "no backup was in progress on the session; nothing to stop"
-            # Closing the session is the one sure way left to end the backup.
+            # Closing the session is the one sure way left to end the backup: PostgreSQL aborts
+            # a non-exclusive backup when its session ends, so once closed it is undone.
             await self.release()
-            raise StepError(
-                exc.reason, f"{exc.message}; the session was closed, which ends the backup"
-            ) from None
+            return f"pg_backup_stop failed ({exc.message}); the session was closed, {SESSION_ENDED}"
         self._evidence["backupStopLSN"] = stop
         return f"left backup mode at LSN {stop} (started at {record.get('startLsn', 'unknown')})"
 

@@ -137,10 +137,10 @@ class BoundService(ServiceHook, Generic[SessionT]):
         """Read the newest record time the way this type stores records."""
 
     async def release(self) -> None:
-        """Close the session; safe to call more than once."""
+        """Close the session; safe to call more than once (a close that failed is tried again)."""
         if not self._released:
-            self._released = True
             await self.session.close()
+            self._released = True
 
 
 class ServiceHookType(HookType[ServiceTarget], Generic[SessionT]):

@@ -19,7 +19,7 @@ from snapgroup.orchestration.protocol import READY_TIMEOUT, Failure, GroupRun
 from snapgroup.orchestration.recovery import discard_snapshots, undo_journal
 from snapgroup.orchestration.snapshots import group_selector
 from snapgroup.orchestration.window import uncancellable
-from snapgroup.ports import Cluster, Connectors
+from snapgroup.ports import Cluster, Connectors, StepError
 
 log = logging.getLogger("snapgroup.groups")
 
@@ -165,6 +165,17 @@ class GroupRunner:
         self.runs[ref.uid] = run
         try:
             return await (run.finalize() if finalize_only else run.run())
+        except StepError as exc:
+            # Only a journal write that kept failing (an API outage) gets here, before a window
+            # opened or after its thaw: the attempt's snapshots go and the attempt is retried.
+            log.warning("group %s: status not written (%s); the attempt failed", ref.qualified,
+                        exc.message)
+            try:
+                await discard_snapshots(self._context(ref), journal)
+            except Exception as err:  # left to their owner reference: they go with the group
+                log.warning("group %s: snapshots of the attempt not deleted: %s", ref.qualified, err)
+            return Failure(exc.reason, f"the status could not be written: {exc.message}",
+                           retriable=True)
         finally:
             self.runs.pop(ref.uid, None)
 

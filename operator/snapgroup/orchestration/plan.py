@@ -12,6 +12,7 @@ from snapgroup.api.base import parse_duration
 from snapgroup.api.snapshotgroup import HookStep, ServiceTarget, SnapshotGroupSpec
 from snapgroup.hooks.registry import BoundHook, HookContext, ServiceHook, lookup
 from snapgroup.orchestration.snapshots import snapshot_name
+from snapgroup.orchestration.window import uncancellable
 from snapgroup.ports import PlanError
 
 WRITER_HOOK_TYPE = "scale"
@@ -143,9 +144,18 @@ async def make_plan(ctx: HookContext, spec: SnapshotGroupSpec, attempt: int = 1)
     """Check everything the group needs; collect every problem rather than stop at the first.
 
     Nothing is changed: claims, Secrets, workloads and the snapshot class are read, database
-    sessions are opened and tested. On problems, the sessions already opened are released.
+    sessions are opened and tested. On problems, the sessions already opened are released; so
+    they are when planning ends early (an API error, a cancellation): no session outlives it.
     """
     plan = Plan()
+    opened: list[BoundHook] = []
+
+    async def bind(type_name: str, params: BaseModel | dict[str, Any], path: str,
+                   type_path: str) -> list[BoundHook]:
+        hooks = await _bind(ctx, type_name, params, path, type_path)
+        opened.extend(hooks)
+        return hooks
+
     snapshot_class = await ctx.cluster.get_snapshot_class(spec.volume_snapshot_class_name)
     driver: str | None = None
     if snapshot_class is None:
@@ -158,14 +168,14 @@ async def make_plan(ctx: HookContext, spec: SnapshotGroupSpec, attempt: int = 1)
         plan.snapshot_class, driver = snapshot_class.name, snapshot_class.driver
 
     async def writer(i: int) -> list[BoundHook]:
-        return await _bind(ctx, WRITER_HOOK_TYPE, spec.writers[i], f"spec.writers[{i}]",
-                           f"spec.writers[{i}]")
+        return await bind(WRITER_HOOK_TYPE, spec.writers[i], f"spec.writers[{i}]",
+                          f"spec.writers[{i}]")
 
     async def service(i: int) -> PlannedService:
         target, path = spec.services[i], f"spec.services[{i}]"
         pvcs, hooks = await asyncio.gather(
             _resolve_pvcs(ctx, target, path, driver),
-            _bind(ctx, target.type, target, path, f"{path}.type"),
+            bind(target.type, target, path, f"{path}.type"),
             return_exceptions=True,
         )
         failures = [r for r in (pvcs, hooks) if isinstance(r, Exception)]
@@ -185,7 +195,7 @@ async def make_plan(ctx: HookContext, spec: SnapshotGroupSpec, attempt: int = 1)
 
     async def step(stage: str, i: int, item: HookStep) -> PlannedStep:
         path = f"spec.hooks.{stage.lower()}[{i}]"
-        hooks = await _bind(ctx, item.type, item.params, f"{path}.params", f"{path}.type")
+        hooks = await bind(item.type, item.params, f"{path}.params", f"{path}.type")
         for hook in hooks:
             hook.apply_timeout = parse_duration(item.timeout).total_seconds()
         return PlannedStep(step=item, stage=stage, hooks=hooks)
@@ -199,25 +209,38 @@ async def make_plan(ctx: HookContext, spec: SnapshotGroupSpec, attempt: int = 1)
         *(step("Post", i, s) for i, s in enumerate(spec.hooks.post)),
         return_exceptions=True,
     )
-    for bound in await writers:
-        if isinstance(bound, BaseException):
-            plan.problems.extend(_problems(bound))
-        else:
-            plan.writers.extend(bound)
-    for planned in await services:
-        if isinstance(planned, BaseException):
-            plan.problems.extend(_problems(planned))
-        else:
-            plan.services.append(planned)
-    for step_result in await steps:
-        if isinstance(step_result, BaseException):
-            plan.problems.extend(_problems(step_result))
-        else:
-            plan.steps.append(step_result)
+    try:
+        for bound in await writers:
+            if isinstance(bound, BaseException):
+                plan.problems.extend(_problems(bound))
+            else:
+                plan.writers.extend(bound)
+        for planned in await services:
+            if isinstance(planned, BaseException):
+                plan.problems.extend(_problems(planned))
+            else:
+                plan.services.append(planned)
+        for step_result in await steps:
+            if isinstance(step_result, BaseException):
+                plan.problems.extend(_problems(step_result))
+            else:
+                plan.steps.append(step_result)
+    except BaseException:
+        # An error that is no plan problem, or a cancellation: stop the binds still running (so
+        # none opens a session afterwards), then close every session opened so far.
+        for pending in (writers, services, steps):
+            pending.cancel()
+        await uncancellable(_release_opened(opened, writers, services, steps))
+        raise
     plan.problems.extend(_shared_claims(plan))
     if plan.problems:
         await plan.release()
     return plan
+
+
+async def _release_opened(opened: list[BoundHook], *binds: asyncio.Future[Any]) -> None:
+    await asyncio.gather(*binds, return_exceptions=True)
+    await asyncio.gather(*(h.release() for h in opened), return_exceptions=True)
 
 
 def _shared_claims(plan: Plan) -> list[PlanError]:

@@ -134,8 +134,15 @@ class GroupRun:
             done = "it had frozen nothing" if self.window.effects == [] else \
                 "its window had already closed"
             return Failure(self._abort.reason, f"{self._abort.message}; {done}", self._abort.retriable)
-        except StepError as exc:
-            return Failure(exc.reason, exc.message, exc.reason in PLAN_RETRIABLE)
+        except Exception as exc:  # e.g. a journal write that kept failing, or a bug: fail, never stall
+            if self.journal.status.services:
+                # Snapshots of an attempt that did not finish are no backup it can vouch for.
+                await uncancellable(self._discard_snapshots())
+            if isinstance(exc, StepError):
+                return Failure(exc.reason, exc.message, exc.reason in PLAN_RETRIABLE
+                               or bool(self.window.effects))
+            log.error("%s: unexpected error in the run", self.ctx.qualified, exc_info=exc)
+            return Failure("InternalError", f"{type(exc).__name__}: {exc}", retriable=True)
         finally:
             self._outer_task = None
 
@@ -219,12 +226,15 @@ class GroupRun:
             self._window_task = None
             self.in_window = False
         if failure is None and held:
-            failure = Failure("ThawIncomplete", "the snapshots were cut, but "
-                              + summarize_thaw(self.window.held()), retriable=False)
+            failure = Failure("ThawIncomplete", "the snapshots were cut (and deleted with the "
+                              "failed attempt), but " + summarize_thaw(self.window.held()),
+                              retriable=False)
         elif failure is not None:
-            await uncancellable(self._discard_snapshots())
             failure = Failure(failure.reason, f"{failure.message}; {summarize_thaw(self.window.held())}",
                               failure.retriable and not held)
+        if failure is not None:
+            # A failed attempt's snapshots are no backup the group can vouch for.
+            await uncancellable(self._discard_snapshots())
         return failure
 
     def _budget_exceeded(self) -> Failure:
@@ -404,8 +414,9 @@ class GroupRun:
             infos = await ctx.cluster.wait_snapshots(
                 ctx.namespace, group_selector(ctx.group_uid, self.attempt), names, "ready",
                 timeout=self.ready_timeout)
-        except (TimeoutError, StepError) as exc:
-            reason = exc.reason if isinstance(exc, StepError) else "SnapshotsNotReady"
+        except Exception as exc:
+            reason = exc.reason if isinstance(exc, StepError) else \
+                "SnapshotsNotReady" if isinstance(exc, TimeoutError) else "InternalError"
             await self._discard_snapshots()
             return Failure(reason, f"snapshots were cut but did not become ready: {exc}", True)
         self._apply_snapshot_infos(infos)
