@@ -277,6 +277,8 @@ class ScheduledGroup:
     """Deletion has begun (it has a deletionTimestamp)."""
     keeps_snapshots: bool
     """Its spec.snapshotDeletionPolicy is Retain: deleting it must leave its VolumeSnapshots."""
+    consistent: bool | None = None
+    """status.consistent: True only when its Consistent condition is True."""
 
 
 class GroupStore(Protocol):
