@@ -152,6 +152,7 @@ def _describe_plan(plan: Plan) -> dict[str, Any]:
         ],
         "hooks": [{"step": step, "target": key} for step, key in order],
         "problems": [_problem(p) for p in plan.problems],
+        "warnings": [_problem(p) for p in plan.warnings],
     }
 
 
@@ -195,6 +196,15 @@ def _render_plan(r: dict[str, Any]) -> str:
             "",
             table(
                 ["#", "step", "target"], [[i + 1, h["step"], h["target"]] for i, h in enumerate(r["hooks"])]
+            ),
+        ]
+    if r.get("warnings"):
+        lines += [
+            "",
+            f"{len(r['warnings'])} warning(s); they do not stop the group:",
+            table(
+                ["reason", "field", "message"],
+                [[p["reason"], p["field"], p["message"]] for p in r["warnings"]],
             ),
         ]
     if r["problems"]:

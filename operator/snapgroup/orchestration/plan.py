@@ -44,6 +44,11 @@ class Plan:
     problems: list[PlanError] = field(default_factory=list)
 
     @property
+    def warnings(self) -> list[PlanError]:
+        """Problems that do not stop the group, e.g. an unindexed lastRecord column."""
+        return [w for s in self.services for w in s.hook.plan_warnings()]
+
+    @property
     def ok(self) -> bool:
         """True when nothing stands in the way."""
         return not self.problems

@@ -124,6 +124,8 @@ class GroupRun:
             detail = "; ".join(f"{p.field_path}: {p.message}" for p in plan.problems)
             return StepError(plan.problems[0].reason, f"nothing was touched: {detail}")
         self.journal.event("Normal", "Planned", self._describe(plan))
+        for warning in plan.warnings:
+            self.journal.event("Warning", warning.reason, f"{warning.field_path}: {warning.message}")
         await failpoints.reached("plan")
         try:
             return await self._freeze(plan)

@@ -137,7 +137,7 @@ func newHandler(dataDir, accessKey, secretKey string, logger gofakes3.Logger) (h
 	if err != nil {
 		return nil, fmt.Errorf("opening filesystem backend in %s: %w", dataDir, err)
 	}
-	faker := gofakes3.New(backend,
+	faker := gofakes3.New(pagedBackend{backend},
 		gofakes3.WithLogger(logger),
 		// s3afero keeps no object versions.
 		gofakes3.WithoutVersioning(),
