@@ -197,24 +197,20 @@ class ServiceHookType(HookType[ServiceTarget], Generic[SessionT]):
             session = await self.connect(ctx.connectors, secret, call_timeout(params))
         except StepError as exc:
             raise plan_error(exc, path, secret_name) from None
+        hook: BoundService[SessionT] | None = None
         try:
             hook = await self.bind(ctx, params, session, path)
-        except StepError as exc:
-            await session.close()
-            raise plan_error(exc, path, secret_name) from None
-        except BaseException:
-            await session.close()
-            raise
-        try:
             if params.last_record is not None:
                 await self._attach_reader(ctx, hook, params.last_record, path)
                 await hook.check_last_record(params.last_record, path)
-        except StepError as exc:
-            await hook.release()
+        except BaseException as exc:
+            # Whatever was opened is closed: the hook's sessions once bound, else the session.
+            await (hook.release() if hook is not None else session.close())
+            if not isinstance(exc, StepError):
+                raise
+            if hook is None:
+                raise plan_error(exc, path, secret_name) from None
             raise record_plan_error(exc, path, params) from None
-        except BaseException:
-            await hook.release()
-            raise
         return [hook]
 
     async def _attach_reader(
