@@ -54,7 +54,7 @@ REPEATS = 5
 PUT_THREADS = 16
 RECENT = 3600
 """startAfter leaves this many of the newest keys: an hour of one object a second."""
-CALL_TIMEOUT = 120.0
+CALL_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
