@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, JsonValue, model_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from snapgroup.api.base import (
     ApiModel,
@@ -275,13 +275,14 @@ class SnapshotGroupSpec(ApiModel):
     snapshot_deletion_policy: Literal["Delete", "Retain"] = "Delete"
     """Delete: the VolumeSnapshots go with the group. Retain: they are kept when the group is deleted."""
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> SnapshotGroupSpec:
-        names = [s.name for s in self.services]
+    @field_validator("services")
+    @classmethod
+    def _unique_names(cls, services: list[ServiceTarget]) -> list[ServiceTarget]:
+        names = [s.name for s in services]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"services: names must be unique, repeated: {', '.join(dupes)}")
-        return self
+            raise ValueError(f"names must be unique, repeated: {', '.join(dupes)}")
+        return services
 
     @property
     def freeze_budget_delta(self) -> timedelta:
