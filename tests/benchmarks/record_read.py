@@ -18,7 +18,8 @@ set-ups:
 The objects are PUT through the S3 API (16 at a time), so the stand-in stores them as it stores any
 object. The stand-in has no key index: it serves a page by walking the bucket's directories in key
 order from the start key, so a page of keys that all sit in one directory (as here: the worst
-case) costs one read of that whole directory; S3 and MinIO seek to the start key instead.
+case) reads every name of that directory, and stats only the keys it returns; S3 and MinIO seek
+to the start key instead.
 """
 
 from __future__ import annotations
@@ -209,8 +210,9 @@ def render(report: dict[str, object]) -> str:
         "",
         "The stand-in has no key index: it serves a page by walking the bucket's directories in key "
         "order from the start key, so here, with every key in one directory, each page of 1000 "
-        "keys costs one read of that whole directory. S3 and MinIO seek to the start key instead; "
-        "the client side (requests, memory) is the same. Filling took "
+        "keys reads all the names of that directory (and stats only the keys it returns). S3 "
+        "and MinIO seek to the start key instead; the client side (requests, memory) is the same. "
+        "Filling took "
         f"{report['fillSeconds']}s ({PUT_THREADS} PUTs at a time); one full listing with the "
         f"minio SDK {report['fullListingSeconds']}s.",
         "",
