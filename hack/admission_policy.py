@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 SLOTS = 10
-"""Scale targets and Secrets checked per group (each); 20 authorizer checks fit the budget."""
+"""Scale targets and Secrets checked per group (each); 21 authorizer checks fit the budget."""
 OPERATOR = "system:serviceaccount:snapgroup-system:snapgroup"
 POLICY = Path(__file__).resolve().parents[1] / "deploy" / "admission" / "policy.yaml"
 
@@ -31,7 +31,8 @@ HEADER = """\
 #     type scale, by name; for a selector, on the kind in the namespace without a name (that is,
 #     on all of them);
 #   - get each Secret named by connection.secretRef or lastRecord.secretRef, of services and of
-#     hooks' params.
+#     hooks' params;
+#   - create volumesnapshots in the namespace (the snapshots are copies of the claims' data).
 # For a ScheduledSnapshotGroup the same holds for spec.template.spec, on create and whenever the
 # spec changes. At most {slots} scale targets and {slots} Secret references per group are checked;
 # more are refused. The operator's own ServiceAccount is exempt: the SnapshotGroups it creates
@@ -60,6 +61,18 @@ VARIABLES = {
         " && has(h.params.lastRecord.secretRef)).map(h, h.params.lastRecord.secretRef.name)"
     ),
 }
+
+
+SNAPSHOTS = {
+    "expression": ("authorizer.group('snapshot.storage.k8s.io').resource('volumesnapshots')"
+                   ".namespace(request.namespace).check('create').allowed()"),
+    "reason": "Forbidden",
+    "messageExpression": (
+        "'user ' + request.userInfo.username + ' may not create volumesnapshots in namespace '"
+        " + request.namespace + ', which the group would have the operator create of its claims'"
+    ),
+}
+"""Snapshots of the claims are copies of their data: only for who may take them."""
 
 
 def scale_slot(i: int) -> dict[str, str]:
@@ -114,11 +127,16 @@ def policy() -> dict[str, Any]:
                      "labels": {"app.kubernetes.io/name": "snapgroup"}},
         "spec": {
             "failurePolicy": "Fail",
-            "matchConstraints": {"resourceRules": [{
-                "apiGroups": ["snapgroup.dev"], "apiVersions": ["*"],
-                "operations": ["CREATE", "UPDATE"],
-                "resources": ["snapshotgroups", "scheduledsnapshotgroups"],
-            }]},
+            # Written out with the values the API server would default, so that applying the
+            # file again (under another field manager too) finds nothing to change.
+            "matchConstraints": {
+                "matchPolicy": "Equivalent", "namespaceSelector": {}, "objectSelector": {},
+                "resourceRules": [{
+                    "apiGroups": ["snapgroup.dev"], "apiVersions": ["*"],
+                    "operations": ["CREATE", "UPDATE"],
+                    "resources": ["snapshotgroups", "scheduledsnapshotgroups"], "scope": "*",
+                }],
+            },
             "matchConditions": [
                 {"name": "not-the-operator", "expression": f"request.userInfo.username != '{OPERATOR}'"},
                 {"name": "spec-is-new",
@@ -126,7 +144,7 @@ def policy() -> dict[str, Any]:
             ],
             "variables": [{"name": k, "expression": v} for k, v in VARIABLES.items()],
             "validations": [*limits, *(scale_slot(i) for i in range(SLOTS)),
-                            *(secret_slot(i) for i in range(SLOTS))],
+                            *(secret_slot(i) for i in range(SLOTS)), SNAPSHOTS],
         },
     }
 

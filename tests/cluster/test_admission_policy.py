@@ -30,14 +30,19 @@ CREATE_GROUPS = {"apiGroups": ["snapgroup.dev"],
 SCALE_ALL = {"apiGroups": ["apps"], "resources": ["deployments/scale", "statefulsets/scale"],
              "verbs": ["update"]}
 SECRETS = ["postgres-credentials", "mongodb-credentials", "minio-credentials"]
+SNAPSHOTS = {"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots"],
+             "verbs": ["create"]}
 USERS: dict[str, list[dict[str, Any]]] = {
     # May do everything the sample group asks for.
-    "allowed": [CREATE_GROUPS, SCALE_ALL,
+    "allowed": [CREATE_GROUPS, SCALE_ALL, SNAPSHOTS,
                 {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
+    # May do all but take snapshots.
+    "nosnap": [CREATE_GROUPS, SCALE_ALL,
+               {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
     # May create groups, and nothing else: the review's case.
     "denied": [CREATE_GROUPS],
     # May scale data-writer only, and read only the three service Secrets.
-    "narrow": [CREATE_GROUPS,
+    "narrow": [CREATE_GROUPS, SNAPSHOTS,
                {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["update"],
                 "resourceNames": ["data-writer"]},
                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
@@ -128,6 +133,8 @@ def users(local_cluster: Any) -> Iterator[Users]:
         yield made
     finally:
         local_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        local_cluster.kubectl("delete", "--ignore-not-found", "-k", str(REPO / "deploy" / "admission"),
+                              check=False)
 
 
 def ns(users: Users) -> str:
@@ -151,6 +158,10 @@ def test_a_user_who_may_only_create_groups_is_refused_naming_writers_and_secrets
     # The schedule says where in its spec.
     message = users.refused("denied", schedule(ns(users), group(ns(users))["spec"]))
     assert "spec.template.spec.writers" in message
+
+
+def test_a_user_who_may_not_take_snapshots_gets_none_through_the_operator(users: Users) -> None:
+    assert "may not create volumesnapshots" in users.refused("nosnap", group(ns(users)))
 
 
 def test_permissions_are_checked_per_name_and_per_kind(users: Users) -> None:
