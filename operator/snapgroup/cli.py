@@ -9,22 +9,33 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from snapgroup.adapters.health import HealthServer
+from snapgroup.adapters.kube import load_api_client
+from snapgroup.adapters.leadership import (
+    LEADER_LEASE,
+    LeaderElection,
+    default_identity,
+    default_namespace,
+)
 from snapgroup.api.crd import check_crds, write_crds
 from snapgroup.api.snapshotgroup import KIND, SnapshotGroupSpec, SnapshotGroupStatus
 from snapgroup.hooks.registry import HookContext
-from snapgroup.orchestration.groups import MAX_WINDOWS
+from snapgroup.orchestration.groups import MAX_WINDOWS, RETRY_DELAY
 from snapgroup.orchestration.plan import Plan, make_plan
 from snapgroup.orchestration.verification import verify
 from snapgroup.ports import PlanError
 from snapgroup.runtime import Runtime
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+LOOP_ANSWER_SECONDS = 5.0
+"""How long the leader's event loop may take to answer the health endpoint."""
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -46,9 +57,7 @@ def _cell(value: object) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the operator until interrupted."""
-    import kopf
-
+    """Run the operator until interrupted; with --leader-elect, only while this process leads."""
     from snapgroup import handlers, metrics
 
     assert handlers  # registers the kopf handlers
@@ -59,17 +68,69 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf logs in through the same kubeconfig
     if args.metrics_port:
         metrics.serve(args.metrics_port)
+    # asyncio.run's set-up and clean-up, with the loop known beforehand for the health check.
+    with asyncio.Runner() as runner:
+        return _run_operator(args, runner.get_loop())
+
+
+def _run_operator(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> int:
+    """Stand by until leading (with --leader-elect), then run kopf on loop until it stops."""
+    import kopf
+
+    from snapgroup import metrics
+
+    election: LeaderElection | None = None
+    health: HealthServer | None = None
+    if args.leader_elect:
+        namespace = args.leader_election_namespace or default_namespace()
+        if namespace is None:
+            print("--leader-elect outside a pod needs --leader-election-namespace", file=sys.stderr)
+            return EXIT_USAGE
+        election = LeaderElection(
+            load_api_client(args.kubeconfig, pool_size=2), namespace, args.leader_election_id,
+            default_identity(),
+        )
+        # Served from now on, standby or not; kopf serves none in this mode.
+        health = HealthServer(args.liveness, partial(_health, election, loop))
+        health.start()
+        election.acquire()  # blocks while another replica leads
+    else:
+        metrics.LEADER.set(1)  # alone: this process acts
     memo = kopf.Memo(
-        runtime=Runtime.from_environment(args.kubeconfig, args.namespace or (), args.max_windows)
+        runtime=Runtime.from_environment(
+            args.kubeconfig, args.namespace or (), args.max_windows, args.retry_delay)
     )
-    kopf.run(
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace or (),
-        liveness_endpoint=args.liveness,
-        memo=memo,
-    )
+    try:
+        kopf.run(
+            loop=loop,
+            standalone=True,  # kopf's peering pauses operators, it elects none: see the README
+            clusterwide=not args.namespace,
+            namespaces=args.namespace or (),
+            liveness_endpoint=None if election else args.liveness,
+            memo=memo,
+        )
+    finally:
+        if election is not None:
+            election.release()  # after kopf's cleanup thawed open windows
+        if health is not None:
+            health.stop()
     return EXIT_OK
+
+
+def _health(election: LeaderElection, loop: asyncio.AbstractEventLoop) -> tuple[bool, dict[str, Any]]:
+    """Alive: the election runs and, in the leader, kopf's event loop answers."""
+    body: dict[str, Any] = {"leader": election.leading, "identity": election.identity,
+                            "holder": election.holder}
+    if not election.alive():
+        return False, {**body, "problem": "the leader election loop stalled"}
+    if loop.is_running():
+        answered = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop)
+        try:
+            answered.result(timeout=LOOP_ANSWER_SECONDS)
+        except TimeoutError:
+            answered.cancel()
+            return False, {**body, "problem": f"event loop blocked for {LOOP_ANSWER_SECONDS:g}s"}
+    return True, body
 
 
 # -- crd ---------------------------------------------------------------------------------------
@@ -331,7 +392,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=9090, help="Prometheus metrics port (0: off)")
     run.add_argument("--max-windows", type=int, default=MAX_WINDOWS,
                      help="freeze windows open at once; later groups wait, with nothing frozen")
+    run.add_argument("--retry-delay", type=float, default=RETRY_DELAY,
+                     help="seconds before a failed attempt is retried (doubling for each further one)")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--leader-elect", action="store_true",
+                     help="run groups and schedules only while holding the leader Lease (for replicas > 1)")
+    run.add_argument("--leader-election-namespace",
+                     help="namespace of the leader Lease (default: the pod's own namespace)")
+    run.add_argument("--leader-election-id", default=LEADER_LEASE, help="name of the leader Lease")
     run.set_defaults(func=cmd_run)
 
     crd = sub.add_parser("crd", help="write the CRDs from the models, or --check them")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -43,9 +44,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.posting.level = logging.WARNING  # our own Events carry the story; kopf adds errors only
     runtime = memo.get("runtime") or Runtime.from_environment()
     memo["runtime"] = runtime
-    restored = await runtime.restore_orphans()
-    for line in restored:
-        log.warning("restored at start-up: %s", line)
+    # First pass now, before any group runs: what a previous process left held is repaired.
+    await runtime.safety_net.repair_once()
+    memo["safety_net_stop"] = stop_event = asyncio.Event()
+    memo["safety_net"] = asyncio.create_task(
+        runtime.safety_net.run(stop_event.is_set), name="safety net")
 
 
 @kopf.on.login()
@@ -60,6 +63,12 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await runtime.runner.stop(timeout=STOP_TIMEOUT)
+        stop_event: asyncio.Event | None = memo.get("safety_net_stop")
+        task: asyncio.Task[None] | None = memo.get("safety_net")
+        if stop_event is not None and task is not None:
+            stop_event.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         runtime.close()
 
 
@@ -78,7 +87,10 @@ async def group_resumed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def group_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A group being deleted: thaw whatever it holds before the finalizer goes."""
-    await _runner(memo).deleted(_ref(body), dict(body.get("spec", {})), dict(body.get("status", {})))
+    done = await _runner(memo).deleted(
+        _ref(body), dict(body.get("spec", {})), dict(body.get("status", {})))
+    if not done:
+        raise kopf.TemporaryError("the group's window is still thawing", delay=2)
 
 
 # --- ScheduledSnapshotGroup: one loop per schedule, woken early by spec edits and finished groups ---

@@ -35,7 +35,52 @@ API_REQUESTS = Counter(
     "Requests the operator's Kubernetes adapter sent, by verb (kopf's own watches not included).",
     ["verb"],
 )
+API_RETRIES = Counter(
+    "snapgroup_kubernetes_request_retries_total",
+    "Kubernetes requests retried after a transient failure (no answer, HTTP 429/5xx), by verb.",
+    ["verb"],
+)
+LEADER = Gauge(
+    "snapgroup_leader",
+    "1 while this process runs groups: it holds the leader Lease, or runs without --leader-elect.",
+)
 WRITERS_ISOLATED = Gauge("snapgroup_writers_isolated", "Writer workloads currently held at zero replicas.")
+REPAIRS = Counter(
+    "snapgroup_safety_net_repairs_total",
+    "Repairs made by the safety net, by what was repaired (workload, server) and outcome.",
+    ["target", "outcome"],
+)
+
+
+class IsolatedWorkloads:
+    """The workloads held at zero right now, as a set: the gauge is its size.
+
+    A window adds a workload when its isolation starts and removes it only once the undo was
+    checked; the safety net replaces the whole set with what the cluster shows, so the gauge
+    reports what is really still isolated even when an undo failed.
+    """
+
+    def __init__(self, gauge: Gauge) -> None:
+        self._gauge = gauge
+        self._held: set[str] = set()
+
+    def started(self, namespace: str, targets: list[str]) -> None:
+        """Isolation of these targets begins (only workload targets count)."""
+        self._held.update(f"{namespace}/{t}" for t in targets if t.startswith("workload:"))
+        self._gauge.set(len(self._held))
+
+    def ended(self, namespace: str, targets: list[str]) -> None:
+        """These targets were checked restored."""
+        self._held.difference_update(f"{namespace}/{t}" for t in targets)
+        self._gauge.set(len(self._held))
+
+    def observed(self, held: set[str]) -> None:
+        """What the cluster shows as isolated now (``namespace/workload:Kind/name``)."""
+        self._held = set(held)
+        self._gauge.set(len(self._held))
+
+
+ISOLATED = IsolatedWorkloads(WRITERS_ISOLATED)
 
 
 def serve(port: int) -> None:

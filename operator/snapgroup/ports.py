@@ -74,6 +74,18 @@ class SnapshotInfo:
     error: str | None
     content: str | None = None
     """Name of the bound VolumeSnapshotContent."""
+    owner_uid: str | None = None
+    """uid of the SnapshotGroup that cut it (its group-uid label), None for anybody else's."""
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """A quiesce record kept on a server's exclusion Lease (see `api.labels.QUIESCE_RECORD`)."""
+
+    namespace: str
+    name: str
+    holder: str | None
+    record: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -136,7 +148,12 @@ class Cluster(Protocol):
         ...
 
     async def create_snapshot(self, namespace: str, body: dict[str, Any]) -> None:
-        """Create a VolumeSnapshot; an existing one of that name counts as created."""
+        """Create a VolumeSnapshot; an existing one of that name counts as created only when it
+        carries the same group-uid label, else StepError("SnapshotNameTaken")."""
+        ...
+
+    async def get_snapshot(self, namespace: str, name: str) -> SnapshotInfo | None:
+        """One VolumeSnapshot, or None when it does not exist."""
         ...
 
     async def delete_snapshot(self, namespace: str, name: str) -> None:
@@ -166,22 +183,40 @@ class Cluster(Protocol):
         """Merge-patch the SnapshotGroup's status subresource directly (the journal)."""
         ...
 
+    async def get_group(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A SnapshotGroup as stored, or None when it does not exist."""
+        ...
+
     async def emit_event(
         self, namespace: str, name: str, uid: str, event_type: EventType, reason: str, message: str,
     ) -> None:
         """Record a Kubernetes Event on the SnapshotGroup."""
         ...
 
-    async def acquire_lease(self, namespace: str, name: str, holder: str, seconds: int) -> str | None:
+    async def acquire_lease(
+        self, namespace: str, name: str, holder: str, seconds: int,
+        labels: Mapping[str, str] | None = None,
+    ) -> str | None:
         """Take a coordination.k8s.io Lease for holder, or renew it.
 
         Returns None when holder now holds it, else the identity of the live holder. A lease
-        whose holder let it expire is taken over.
+        whose holder let it expire is taken over, unless it still carries another holder's
+        quiesce record (that server is not known to be resumed yet).
         """
         ...
 
     async def release_lease(self, namespace: str, name: str, holder: str) -> None:
-        """Give a Lease up if holder still holds it."""
+        """Give a Lease up if holder still holds it; one with a quiesce record is kept."""
+        ...
+
+    async def set_lease_record(
+        self, namespace: str, name: str, holder: str, record: Mapping[str, Any] | None
+    ) -> None:
+        """Write (or with None remove) the quiesce record on a Lease holder holds."""
+        ...
+
+    async def list_lease_records(self) -> list[LeaseRecord]:
+        """Every Lease with a quiesce record, in all watched namespaces."""
         ...
 
     async def wait_lease_change(self, namespace: str, name: str, timeout: float) -> None:
@@ -218,6 +253,10 @@ class PostgresSession(Protocol):
         """The server's clock, read between two readings of the operator's."""
         ...
 
+    async def terminate_sessions(self, application_name: str) -> int:
+        """End every other session introducing itself with application_name; how many ended."""
+        ...
+
     async def close(self) -> None:
         """Close the session (ends a backup still in progress)."""
         ...
@@ -236,6 +275,10 @@ class MongoSession(Protocol):
 
     async def fsync_unlock(self) -> int:
         """fsyncUnlock; returns the lock count after unlocking."""
+        ...
+
+    async def is_locked(self) -> bool:
+        """True while the server holds an fsync lock (currentOp's fsyncLock)."""
         ...
 
     async def newest_record(self, database: str, collection: str, field: str) -> datetime | None:
@@ -289,8 +332,10 @@ class ObjectStoreSession(Protocol):
 class Connectors(Protocol):
     """Opens database sessions from a Secret's data; each raises StepError(reason=...) on failure."""
 
-    async def postgres(self, secret: Mapping[str, str], timeout: float) -> PostgresSession:
-        """Connect to PostgreSQL."""
+    async def postgres(
+        self, secret: Mapping[str, str], timeout: float, application_name: str = "snapgroup"
+    ) -> PostgresSession:
+        """Connect to PostgreSQL; the session introduces itself as application_name."""
         ...
 
     async def mongo(self, secret: Mapping[str, str], timeout: float) -> MongoSession:

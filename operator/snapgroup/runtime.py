@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -10,8 +12,8 @@ from snapgroup.adapters.connectors import DatabaseConnectors
 from snapgroup.adapters.groupstore import KubeGroupStore
 from snapgroup.adapters.kube import KubeCluster, load_api_client
 from snapgroup.hooks.builtin import BUILTIN_HOOK_TYPES
-from snapgroup.hooks.writers import restore_orphans
-from snapgroup.orchestration.groups import MAX_WINDOWS, GroupRunner
+from snapgroup.orchestration.groups import MAX_WINDOWS, RETRY_DELAY, GroupRunner
+from snapgroup.orchestration.safety_net import SafetyNet
 
 assert BUILTIN_HOOK_TYPES  # imported for registration: every entry point goes through here
 
@@ -27,16 +29,17 @@ class Runtime:
     @classmethod
     def from_environment(
         cls, kubeconfig: str | None = None, namespaces: Sequence[str] = (),
-        max_windows: int = MAX_WINDOWS,
+        max_windows: int = MAX_WINDOWS, retry_delay: float = RETRY_DELAY,
     ) -> Runtime:
         """Clients from a kubeconfig, $KUBECONFIG, or the pod's service account.
 
         namespaces: the namespaces the operator watches (empty: all); max_windows: freeze
-        windows open at once.
+        windows open at once; retry_delay: pause before a failed attempt's retry.
         """
         cluster = KubeCluster(load_api_client(kubeconfig), namespaces=namespaces)
         connectors = DatabaseConnectors()
-        runner = GroupRunner(cluster, connectors, max_windows=max_windows)
+        runner = GroupRunner(cluster, connectors, max_windows=max_windows,
+                             retry_delay=retry_delay, operator_id=operator_identity())
         return cls(cluster=cluster, connectors=connectors, runner=runner)
 
     @cached_property
@@ -44,17 +47,16 @@ class Runtime:
         """Schedules and their SnapshotGroups, over the same client as `cluster`."""
         return KubeGroupStore(self.cluster)
 
-    async def restore_orphans(self) -> list[str]:
-        """Restore workloads isolated by groups that are gone or finished (e.g. after a crash)."""
-
-        async def is_live(namespace: str, name: str, uid: str) -> bool:
-            group = await self.cluster.get_group(namespace, name)
-            if group is None or group.get("metadata", {}).get("uid") != uid:
-                return False
-            return not GroupRunner.is_terminal(group.get("status"))
-
-        return await restore_orphans(self.cluster, is_live)
+    @cached_property
+    def safety_net(self) -> SafetyNet:
+        """The repair loop over the same clients."""
+        return SafetyNet(self.cluster, self.connectors)
 
     def close(self) -> None:
         """Release connection pools."""
         self.cluster.close()
+
+
+def operator_identity() -> str:
+    """Who this operator process is, for Lease holders: the pod name (HOSTNAME in a pod)."""
+    return (os.environ.get("HOSTNAME") or socket.gethostname())[:63]

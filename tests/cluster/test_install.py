@@ -22,6 +22,7 @@ import yaml
 
 from cluster.sa_kubeconfig import service_account_kubeconfig
 from localcluster.build import ensure_binaries
+from snapgroup.adapters.leadership import LEADER_LEASE
 
 pytestmark = pytest.mark.cluster
 
@@ -137,7 +138,8 @@ def test_install_applies_server_side(kubectl: Kubectl, install: subprocess.Compl
     deployment = json.loads(
         kubectl.ok("get", "deployment", "snapgroup", "-n", OPERATOR_NAMESPACE, "-o", "json")
     )
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == SERVICE_ACCOUNT
     service = json.loads(
         kubectl.ok("get", "service", "snapgroup-metrics", "-n", OPERATOR_NAMESPACE, "-o", "json")
@@ -171,7 +173,7 @@ def test_operator_pod_is_admitted_under_restricted_pod_security(
     pods = eventually(pod_created, timeout=60)
     container = pods[0]["spec"]["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["args"] == ["run"]
+    assert container["args"] == ["run", "--leader-elect"]
 
 
 @pytest.mark.parametrize(
@@ -296,7 +298,7 @@ def test_namespaced_overlay_runs_the_operator_on_the_watched_namespace_only(
         kubectl.ok("get", "deployment", "snapgroup", "-n", OPERATOR_NAMESPACE, "-o", "json")
     )
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == [
-        "run", "--namespace", WATCHED
+        "run", "--leader-elect", "--namespace", WATCHED
     ]
 
 
@@ -316,6 +318,28 @@ def test_namespaced_token_works_in_the_watched_namespace(namespaced_install: Kub
     assert operator.can_i("create", "volumesnapshots.snapshot.storage.k8s.io", "-n", WATCHED)
     assert operator.can_i("patch", "snapshotgroups.snapgroup.dev/status", "-n", WATCHED)
     assert operator.can_i("create", "leases.coordination.k8s.io", "-n", WATCHED)
+
+
+def test_namespaced_token_takes_and_renews_the_leader_lease_and_no_other(
+    kubectl: Kubectl, namespaced_install: Kubectl
+) -> None:
+    operator = namespaced_install
+    eventually(lambda: operator.ok("get", "secret", "postgres-credentials", "-n", WATCHED, "-o", "name"))
+    lease = {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": LEADER_LEASE, "namespace": OPERATOR_NAMESPACE},
+        "spec": {"holderIdentity": "install-test", "leaseDurationSeconds": 15},
+    }
+    try:
+        operator.ok("create", "-f", "-", "-o", "name", stdin=json.dumps(lease))
+        operator.ok("get", "lease", LEADER_LEASE, "-n", OPERATOR_NAMESPACE, "-o", "name")
+        operator.ok("patch", "lease", LEADER_LEASE, "-n", OPERATOR_NAMESPACE, "--type=merge",
+                    "-p", '{"spec": {"holderIdentity": "install-test-renewed"}}', "-o", "name")
+        operator.forbidden("get", "leases", "-n", OPERATOR_NAMESPACE, "-o", "name")
+        operator.forbidden("delete", "lease", LEADER_LEASE, "-n", OPERATOR_NAMESPACE)
+        operator.forbidden("get", "lease", "kube-controller-manager", "-n", "kube-system", "-o", "name")
+    finally:
+        kubectl("delete", "lease", LEADER_LEASE, "-n", OPERATOR_NAMESPACE, "--ignore-not-found")
 
 
 def test_namespaced_token_is_refused_in_another_namespace(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from pymongo import MongoClient
@@ -73,6 +75,30 @@ def assert_nothing_frozen_or_lost(kube: Kube, bleater: Bleater, replicas: int) -
     for service in SERVICES:
         seqs = [r.seq for r in bleater.records(service)]
         assert contiguous(seqs), f"{service}: sequence numbers have gaps or duplicates"
+
+
+def hook_state(group: dict[str, Any] | None, key: str) -> str | None:
+    """The journal state of one hook in a group's status, or None before it is journaled."""
+    for hook in ((group or {}).get("status") or {}).get("hooks", []):
+        if hook["name"] == key:
+            return str(hook["state"])
+    return None
+
+
+def wait_journal(kube: Kube, name: str, key: str, state: str, timeout: float = 60.0) -> None:
+    """Watch a bleater group until the hook `key` is journaled in `state`."""
+    kube.wait_custom("bleater", "snapshotgroups", name,
+                     lambda g: hook_state(g, key) == state, timeout, f"{key} {state}")
+
+
+def stop_component(local_cluster: Any, name: str, timeout: float = 30.0) -> None:
+    """Kill one component of the cluster and wait until the cluster reports it dead."""
+    os.kill(local_cluster.pids()[name], signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while name not in local_cluster.failed_components():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} still reported running {timeout}s after SIGKILL")
+        time.sleep(0.1)  # waiting for the killed process to be reaped
 
 
 def record(outcome: FaultOutcome) -> None:

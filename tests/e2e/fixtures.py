@@ -60,14 +60,16 @@ def group_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def armed(operator: OperatorProcess, local_cluster: Any, tmp_path: Path) -> Iterator[Any]:
     """Stop the session's operator; hand out operators armed with failpoints
-    (SNAPGROUP_FAILPOINTS, see snapgroup.failpoints); start the session's operator again after."""
+    (SNAPGROUP_FAILPOINTS, see snapgroup.failpoints) and run with extra `snapgroup run`
+    arguments, each logging to a file of its own; start the session's operator again after."""
     operator.stop()
     started: list[OperatorProcess] = []
 
-    def arm(failpoints: str) -> OperatorProcess:
+    def arm(failpoints: str, *args: str) -> OperatorProcess:
         os.environ["SNAPGROUP_FAILPOINTS"] = failpoints
         try:
-            process = OperatorProcess(Path(local_cluster.kubeconfig), tmp_path / "armed.log")
+            log = tmp_path / f"armed-{len(started)}.log"
+            process = OperatorProcess(Path(local_cluster.kubeconfig), log, args)
             process.start()
         finally:
             del os.environ["SNAPGROUP_FAILPOINTS"]

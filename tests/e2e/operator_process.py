@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from localcluster.services_bin import free_port
 
@@ -32,6 +34,11 @@ class OperatorProcess:
         """Where Prometheus would scrape it."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
+    @property
+    def health_url(self) -> str:
+        """Its liveness endpoint."""
+        return f"http://127.0.0.1:{self.health_port}/healthz"
+
     def start(self, timeout: float = 60.0) -> None:
         """Start it (unless it runs) and return once its health endpoint answers."""
         if self.process is not None and self.process.poll() is None:
@@ -40,7 +47,7 @@ class OperatorProcess:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "operator"), env.get("PYTHONPATH")]))
         args = [
             sys.executable, "-m", "snapgroup", "--kubeconfig", str(self.kubeconfig), "run",
-            "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
+            "--liveness", self.health_url,
             "--metrics-port", str(self.metrics_port), "--log-level", "DEBUG", *self.extra_args,
         ]
         log = self.log_path.open("ab")
@@ -52,7 +59,7 @@ class OperatorProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"operator exited with {self.process.returncode}:\n{self.tail()}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2):
+                with urllib.request.urlopen(self.health_url, timeout=2):
                     return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.2)  # waiting for the health endpoint to come up
@@ -72,6 +79,15 @@ class OperatorProcess:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def health(self) -> dict[str, Any]:
+        """The health endpoint's JSON (with --leader-elect: leader, identity, holder)."""
+        try:
+            with urllib.request.urlopen(self.health_url, timeout=5) as response:
+                body: dict[str, Any] = json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:  # 503: unhealthy, and the body says why
+            body = json.loads(exc.read() or b"{}")
+        return body
 
     def scrape(self) -> str:
         """The /metrics page."""

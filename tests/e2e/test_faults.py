@@ -10,7 +10,6 @@ no gap. Crashes and pauses at exact step boundaries use the operator's failpoint
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from typing import Any
@@ -23,6 +22,8 @@ from e2e.faults import (
     FaultOutcome,
     assert_nothing_frozen_or_lost,
     record,
+    stop_component,
+    wait_journal,
     wait_writer_back,
 )
 from e2e.kube import Kube
@@ -76,18 +77,6 @@ def test_operator_killed_at_a_step_boundary_recovers_everything(
     record(FaultOutcome(fault, "Failed", failed["reason"], round(back, 2), failed["message"][:160]))
 
 
-def _hook_state(group: dict[str, Any] | None, key: str) -> str | None:
-    for hook in ((group or {}).get("status") or {}).get("hooks", []):
-        if hook["name"] == key:
-            return str(hook["state"])
-    return None
-
-
-def _wait_journal(kube: Kube, name: str, key: str, state: str, timeout: float = 60.0) -> None:
-    kube.wait_custom("bleater", "snapshotgroups", name,
-                     lambda g: _hook_state(g, key) == state, timeout, f"{key} {state}")
-
-
 def _drop_postgres_session(bleater: Bleater) -> None:
     import psycopg
 
@@ -118,7 +107,7 @@ def test_database_connection_dropped_mid_window(
     replicas = kube.replicas("bleater", WRITER)
     armed("cut=pause:4")  # hold the window open after the cut, everything quiesced
     kube.create_group(sample(group_name))
-    _wait_journal(kube, group_name, "service:minio", "Applied")  # all quiesced: window open
+    wait_journal(kube, group_name, "service:minio", "Applied")  # all quiesced: window open
     dropped_at = time.monotonic()
     drop(bleater)
     group = kube.wait_group("bleater", group_name)
@@ -136,7 +125,7 @@ def test_snapshot_sidecar_stopped_exceeds_budget_and_thaws(
     operator: OperatorProcess, local_cluster: Any, kube: Kube, bleater: Bleater, group_name: str
 ) -> None:
     replicas = kube.replicas("bleater", WRITER)
-    _stop_component(local_cluster, "csi-snapshotter")
+    stop_component(local_cluster, "csi-snapshotter")
     try:
         kube.create_group(sample(group_name, freezeBudget="8s"))
         group = kube.wait_group("bleater", group_name)
@@ -153,16 +142,6 @@ def test_snapshot_sidecar_stopped_exceeds_budget_and_thaws(
                         float(freeze["seconds"]), failed["message"][:160]))
 
 
-def _stop_component(local_cluster: Any, name: str, timeout: float = 30.0) -> None:
-    """Kill one component of the cluster and wait until the cluster reports it dead."""
-    os.kill(local_cluster.pids()[name], signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while name not in local_cluster.failed_components():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name} still reported running {timeout}s after SIGKILL")
-        time.sleep(0.1)  # waiting for the killed process to be reaped
-
-
 def test_api_server_restarted_mid_window(
     armed: Any, operator: OperatorProcess, local_cluster: Any, kube: Kube, bleater: Bleater,
     group_name: str,
@@ -170,9 +149,9 @@ def test_api_server_restarted_mid_window(
     replicas = kube.replicas("bleater", WRITER)
     armed("apply:service:minio=pause:3")
     kube.create_group(sample(group_name))
-    _wait_journal(kube, group_name, "service:mongodb", "Applied")
+    wait_journal(kube, group_name, "service:mongodb", "Applied")
     restarted_at = time.monotonic()
-    _stop_component(local_cluster, "kube-apiserver")
+    stop_component(local_cluster, "kube-apiserver")
     local_cluster.restart_component("kube-apiserver")
     group = kube.wait_group("bleater", group_name)
     back = wait_writer_back(kube, replicas, restarted_at)
@@ -188,7 +167,7 @@ def test_group_deleted_mid_window(
     replicas = kube.replicas("bleater", WRITER)
     armed("cut=pause:5")
     kube.create_group(sample(group_name))
-    _wait_journal(kube, group_name, "service:minio", "Applied")
+    wait_journal(kube, group_name, "service:minio", "Applied")
     deleted_at = time.monotonic()
     kube.delete_group("bleater", group_name)
     kube.wait_group_gone("bleater", group_name, timeout=60)
@@ -206,7 +185,7 @@ def test_writer_scaled_by_a_person_while_isolated_is_not_fought(
     replicas = kube.replicas("bleater", WRITER)
     armed("apply:service:minio=pause:4")
     kube.create_group(sample(group_name))
-    _wait_journal(kube, group_name, "writer:Deployment/data-writer", "Applied")
+    wait_journal(kube, group_name, "writer:Deployment/data-writer", "Applied")
     kube.scale("bleater", WRITER, replicas + 1)  # a person scales the writer up mid-window
     try:
         group = kube.wait_group("bleater", group_name)

@@ -229,7 +229,7 @@ async def test_a_separate_least_privileged_reader(
     try:
         assert await hook.newest_record() == datetime(2026, 3, 1, 12, tzinfo=UTC)
         users = await (await db.execute(
-            b"SELECT usename FROM pg_stat_activity WHERE application_name = 'snapgroup'")).fetchall()
+            b"SELECT usename FROM pg_stat_activity WHERE application_name LIKE 'snapgroup%'")).fetchall()
         assert sorted(u for (u,) in users) == ["postgres", "record_reader"]
     finally:
         await hook.release()

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from snapgroup.adapters.leadership import LEADER_LEASE
 from snapgroup.cli import parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +55,13 @@ OPERATOR_PERMISSIONS: set[Permission] = {
     *(("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")),
     *(("", "namespaces", v) for v in ("list", "watch")),
 }
+# Leader election, in the operator's namespace: create any Lease (create cannot be limited to a
+# name), read and renew only the leader's.
+LEADER_ELECTION_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [LEADER_LEASE],
+     "verbs": ["get", "patch"]},
+]
 CLUSTER_SCOPED = {
     ("snapshot.storage.k8s.io", "volumesnapshotclasses"),
     ("snapshot.storage.k8s.io", "volumesnapshotcontents"),
@@ -122,6 +130,12 @@ def granted_to_operator(docs: list[dict[str, Any]], binding_kind: str) -> list[d
     return granted
 
 
+def in_watched_namespaces(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Roles granted to the operator for groups: all but the leader election's."""
+    return [r for r in granted_to_operator(docs, "RoleBinding")
+            if r["metadata"]["namespace"] != OPERATOR_NAMESPACE]
+
+
 def committed_crds() -> set[str]:
     return {
         yaml.safe_load(path.read_text())["metadata"]["name"]
@@ -144,7 +158,7 @@ def test_install_holds_every_committed_crd(directory: Path) -> None:
 def test_cluster_wide_service_account_gets_exactly_what_the_operator_uses(
     install: list[dict[str, Any]],
 ) -> None:
-    assert not only(install, "RoleBinding")
+    assert not in_watched_namespaces(install)
     roles = granted_to_operator(install, "ClusterRoleBinding")
     assert [r["metadata"]["name"] for r in roles] == ["snapgroup"]
     granted = permissions(roles[0]["rules"])
@@ -167,7 +181,7 @@ def test_namespaced_overlay_grants_only_cluster_scoped_reads_cluster_wide(
 
 def test_namespaced_overlay_adds_up_to_the_cluster_wide_grant(namespaced: list[dict[str, Any]]) -> None:
     (cluster_reads,) = granted_to_operator(namespaced, "ClusterRoleBinding")
-    roles = granted_to_operator(namespaced, "RoleBinding")
+    roles = in_watched_namespaces(namespaced)
     assert roles, "no Role in any watched namespace"
     for role in roles:
         within = permissions(role["rules"])
@@ -181,23 +195,37 @@ def test_namespaced_overlay_adds_up_to_the_cluster_wide_grant(namespaced: list[d
 def test_namespaced_operator_watches_exactly_the_namespaces_it_has_roles_in(
     namespaced: list[dict[str, Any]],
 ) -> None:
-    with_roles = {r["metadata"]["namespace"] for r in granted_to_operator(namespaced, "RoleBinding")}
+    with_roles = {r["metadata"]["namespace"] for r in in_watched_namespaces(namespaced)}
     args = parser().parse_args(operator_container(namespaced)["args"])
-    assert args.command == "run"
+    assert args.command == "run" and args.leader_elect
     assert set(args.namespace) == with_roles == {"bleater"}
+
+
+@pytest.mark.parametrize("directory", [INSTALL, NAMESPACED], ids=["cluster-wide", "namespaced"])
+def test_leader_election_may_take_and_renew_only_the_leader_lease(directory: Path) -> None:
+    docs = render(directory)
+    (role,) = [r for r in granted_to_operator(docs, "RoleBinding")
+               if r["metadata"]["namespace"] == OPERATOR_NAMESPACE]
+    assert role["rules"] == LEADER_ELECTION_RULES
+    args = parser().parse_args(operator_container(docs)["args"])
+    assert args.leader_elect and args.leader_election_id == LEADER_LEASE
+    # In a pod, the Lease is in the pod's namespace: the one the Role is in.
+    assert args.leader_election_namespace is None
 
 
 def test_deployment_matches_the_image_and_the_command(install: list[dict[str, Any]]) -> None:
     (deployment,) = only(install, "Deployment", "snapgroup")
     spec = deployment["spec"]
     assert deployment["metadata"]["namespace"] == OPERATOR_NAMESPACE
-    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    # Two replicas, one leader; a rolling update starts the new pod as a standby first.
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == SERVICE_ACCOUNT["name"]
     container = operator_container(install)
     assert container["image"] == f"snapgroup:{VERSION}"
     defaults = parser().parse_args(container["args"])
-    assert defaults.command == "run" and defaults.namespace is None
+    assert defaults.command == "run" and defaults.namespace is None and defaults.leader_elect
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     liveness = re.fullmatch(r"http://[^:/]+:(\d+)(/.*)", defaults.liveness)

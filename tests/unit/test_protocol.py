@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import BaseModel
 
+from snapgroup.api.labels import GROUP_UID_LABEL, lease_name
 from snapgroup.api.snapshotgroup import (
     HookState,
     Phase,
@@ -25,10 +26,16 @@ from snapgroup.api.snapshotgroup import (
 )
 from snapgroup.hooks import registry
 from snapgroup.hooks.registry import BoundHook, HookContext, HookType, ServiceHook, UndoRecord
-from snapgroup.orchestration.exclusion import lease_name
 from snapgroup.orchestration.groups import GroupRunner
 from snapgroup.orchestration.journal import GroupRef
-from snapgroup.ports import PlanError, PvcInfo, SnapshotClassInfo, SnapshotInfo, StepError
+from snapgroup.ports import (
+    LeaseRecord,
+    PlanError,
+    PvcInfo,
+    SnapshotClassInfo,
+    SnapshotInfo,
+    StepError,
+)
 
 T0 = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 DRIVER = "hostpath.csi.snapgroup.dev"
@@ -44,7 +51,9 @@ class FakeCluster:
         self.snapshots: dict[str, dict[str, Any]] = {}
         self.cut_time = T0
         self.hang_groups: set[str] = set()
-        """Groups whose cut never happens until let_cut is set."""
+        """Groups (by uid) whose cut never happens until let_cut is set."""
+        self.records: dict[str, dict[str, Any]] = {}
+        """Quiesce records on Leases, by Lease name."""
         self.cutting = asyncio.Event()
         self.let_cut = asyncio.Event()
         self.leases: dict[str, str] = {}
@@ -71,6 +80,15 @@ class FakeCluster:
         self.log.append(f"create {body['metadata']['name']}")
         self.snapshots[body["metadata"]["name"]] = body
 
+    async def get_snapshot(self, namespace: str, name: str) -> SnapshotInfo | None:
+        body = self.snapshots.get(name)
+        return None if body is None else self._info(name, body)
+
+    @staticmethod
+    def _info(name: str, body: dict[str, Any]) -> SnapshotInfo:
+        labels = body.get("metadata", {}).get("labels", {})
+        return SnapshotInfo(name, None, False, None, None, owner_uid=labels.get(GROUP_UID_LABEL))
+
     async def delete_snapshot(self, namespace: str, name: str) -> None:
         self.log.append(f"delete {name}")
         self.snapshots.pop(name, None)
@@ -79,13 +97,16 @@ class FakeCluster:
         self.log.append(f"orphan {name}")
 
     async def list_snapshots(self, namespace: str, selector: str) -> list[SnapshotInfo]:
-        return [SnapshotInfo(n, None, False, None, None) for n in self.snapshots]
+        wanted = dict(part.split("=", 1) for part in selector.split(","))
+        return [self._info(n, body) for n, body in self.snapshots.items()
+                if wanted.items() <= body.get("metadata", {}).get("labels", {}).items()]
 
     async def wait_snapshots(
         self, namespace: str, selector: str, names: set[str], until: str, timeout: float
     ) -> dict[str, SnapshotInfo]:
         self.log.append(f"wait {until}")
-        if until == "cut" and selector.split("=", 1)[1] in self.hang_groups:
+        uid = dict(part.split("=", 1) for part in selector.split(","))[GROUP_UID_LABEL]
+        if until == "cut" and uid in self.hang_groups:
             self.cutting.set()
             await self.let_cut.wait()  # until the test lets the driver cut; maybe never
         ready = until == "ready"
@@ -98,15 +119,33 @@ class FakeCluster:
                for c in status.get("conditions", [])):
             self.waiting.set()
 
-    async def acquire_lease(self, namespace: str, name: str, holder: str, seconds: int) -> str | None:
+    async def acquire_lease(self, namespace: str, name: str, holder: str, seconds: int,
+                            labels: Any = None) -> str | None:
         current = self.leases.setdefault(name, holder)
-        return None if current == holder else current
+        return None if same_group(current, holder) else current
 
     async def release_lease(self, namespace: str, name: str, holder: str) -> None:
-        if self.leases.get(name) == holder:
+        if same_group(self.leases.get(name, ""), holder) and name not in self.records:
             del self.leases[name]
             async with self.lease_changed:
                 self.lease_changed.notify_all()
+
+    async def set_lease_record(self, namespace: str, name: str, holder: str,
+                               record: Any) -> None:
+        self.log.append(f"{'record' if record is not None else 'clear'} lease {name}")
+        if record is None:
+            self.records.pop(name, None)
+        else:
+            assert same_group(self.leases.get(name, ""), holder), "a record needs the Lease held"
+            self.records[name] = dict(record)
+
+    async def list_lease_records(self) -> list[LeaseRecord]:
+        return [LeaseRecord("bleater", name, self.leases.get(name), record)
+                for name, record in self.records.items()]
+
+    async def get_group(self, namespace: str, name: str) -> dict[str, Any] | None:
+        statuses = self.by_group.get(name)
+        return None if statuses is None else {"metadata": {"uid": "uid-1"}, "status": statuses[-1]}
 
     async def wait_lease_change(self, namespace: str, name: str, timeout: float) -> None:
         async with self.lease_changed:
@@ -125,12 +164,20 @@ class FakeCluster:
         return None
 
 
+def same_group(current: str, holder: str) -> bool:
+    return current.split("@")[0] == holder.split("@")[0]
+
+
 class FakeBound(ServiceHook):
     """A bound fake hook: applying and undoing append to the shared log."""
 
     def __init__(self, ctx: HookContext, key: str, type_: str, behaviour: dict[str, Any]) -> None:
         self.ctx, self.key, self.type, self.behaviour = ctx, key, type_, behaviour
         self.undo_failures = int(behaviour.get("undo_failures", 0))
+
+    def targets(self) -> list[str]:
+        kind, _, name = self.key.partition(":")
+        return [f"workload:{name}" if kind == "writer" else f"server:{self.type}/{name}"]
 
     def intent(self) -> UndoRecord:
         return {"target": self.key}
@@ -221,7 +268,8 @@ REF = GroupRef("bleater", "nightly", "uid-1", 1)
 
 async def run_group(cluster: FakeCluster, budget: str = "5s",
                     status: dict[str, Any] | None = None) -> SnapshotGroupStatus:
-    runner = GroupRunner(cluster, connectors=None, ready_timeout=5)  # type: ignore[arg-type]
+    runner = GroupRunner(cluster, connectors=None, ready_timeout=5,  # type: ignore[arg-type]
+                         retry_delay=0)
     await runner.reconcile(REF, spec(budget).wire(), status or {})
     return SnapshotGroupStatus.model_validate(cluster.patches[-1])
 
@@ -304,7 +352,7 @@ async def test_plan_problems_are_all_reported_and_nothing_is_touched() -> None:
 async def test_budget_exceeded_thaws_and_deletes_uncut_snapshots() -> None:
     log: list[str] = []
     cluster = FakeCluster(log)
-    cluster.hang_groups.add("nightly")
+    cluster.hang_groups.add("uid-1")
     status = await run_group(cluster, budget="300ms")
     assert status.phase == Phase.FAILED
     assert next(c.reason for c in status.conditions if c.type == "Succeeded") == "FreezeBudgetExceeded"
@@ -338,14 +386,18 @@ async def test_records_newer_than_the_cut_make_the_group_inconsistent() -> None:
     assert status.consistent is False
 
 
-async def test_restart_mid_group_undoes_the_journal_and_fails() -> None:
+async def test_restart_mid_group_undoes_the_journal_then_retries_as_a_new_attempt() -> None:
     log: list[str] = []
     cluster = FakeCluster(log)
-    cluster.snapshots["nightly-postgres-pg-data"] = {}
-    held = lease_name("writer:Deployment/data-writer")
-    cluster.leases[held] = "nightly/uid-1"  # taken by the run that was interrupted
+    cluster.snapshots["nightly-postgres-pg-data"] = {"metadata": {"labels": {
+        GROUP_UID_LABEL: "uid-1", "snapgroup.dev/attempt": "1"}}}
+    cluster.snapshots["nightly-postgres-pg-data-kept"] = {"metadata": {"labels": {
+        GROUP_UID_LABEL: "uid-0", "snapgroup.dev/attempt": "1"}}}  # an earlier group's, Retained
+    held = lease_name("workload:Deployment/data-writer")
+    cluster.leases[held] = "nightly/uid-1@old-operator"  # taken by the run that was interrupted
     interrupted = {
         "phase": "Snapshotting", "startTime": "2026-11-27T12:00:00Z",
+        "targets": ["workload:Deployment/data-writer"],
         "hooks": [
             {"name": "writer:Deployment/data-writer", "type": "scale", "stage": "Pre",
              "state": "Applied", "undo": {"originalReplicas": 1}},
@@ -356,11 +408,55 @@ async def test_restart_mid_group_undoes_the_journal_and_fails() -> None:
     status = await run_group(cluster, status=interrupted)
     assert RECOVERED == [("service:mongodb", False), ("service:postgres", True),
                          ("writer:Deployment/data-writer", True)]
-    assert status.phase == Phase.FAILED
-    assert next(c.reason for c in status.conditions if c.type == "Succeeded") == "OperatorRestarted"
-    assert cluster.snapshots == {}
-    assert all(h.state == HookState.UNDONE for h in status.hooks)
+    first = cluster.patches[len(cluster.patches) - 1 - next(
+        i for i, p in enumerate(reversed(cluster.patches)) if p.get("attempt", 1) == 1)]
+    assert all(h["state"] == "Undone" for h in first["hooks"])
+    assert [(a.number, a.reason) for a in status.attempts] == [(1, "OperatorRestarted")]
+    assert status.attempt == 2 and status.phase == Phase.SUCCEEDED
+    assert "delete nightly-postgres-pg-data" in log
+    assert "nightly-postgres-pg-data-kept" in cluster.snapshots, "another group's snapshot is kept"
+    assert "create nightly-postgres-pg-data-a2" in log, "the retry cuts snapshots of its own"
     assert cluster.leases == {}, "the interrupted run's Leases must be given back"
+
+
+async def test_a_failure_past_the_backoff_limit_fails_the_group_with_every_attempt_listed() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    BEHAVIOUR["service:mongodb"] = {"apply_fails": True}
+    status = await run_group(cluster)
+    assert status.phase == Phase.FAILED
+    assert [a.number for a in status.attempts] == [1, 2] and status.attempt == 3
+    assert log.count("apply service:mongodb") == 3
+    assert log.count("undo service:mongodb") == 3, "each attempt undoes what it started"
+    assert "attempt 3 of 3" in (status.message or "")
+
+
+async def test_a_bad_spec_is_not_retried() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    del cluster.pvcs["mongo-data"]
+    status = await run_group(cluster)
+    assert status.phase == Phase.FAILED and status.attempts == [] and log == []
+
+
+async def test_a_group_deleted_while_queued_never_freezes() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    cluster.hang_groups.add("uid-1")
+    runner = GroupRunner(cluster, connectors=None, ready_timeout=5)  # type: ignore[arg-type]
+    first = asyncio.create_task(runner.reconcile(REF, spec("60s").wire(), {}))
+    await cluster.cutting.wait()
+    queued_ref = GroupRef("bleater", "second", "uid-2", 1)
+    runner.start(queued_ref, spec("60s").wire(), {})
+    await cluster.waiting.wait()
+    assert await runner.deleted(queued_ref, spec().wire(), {}) is True
+    cluster.let_cut.set()
+    await first
+    assert log.count("apply writer:Deployment/data-writer") == 1, "the deleted group froze nothing"
+    last = cluster.by_group["second"][-1]
+    assert last["phase"] == "Failed"
+    assert next(c["reason"] for c in last["conditions"] if c["type"] == "Succeeded") == "GroupDeleted"
+    assert "frozen nothing" in last["message"]
 
 
 async def test_finished_group_is_left_alone() -> None:
@@ -374,7 +470,7 @@ async def test_finished_group_is_left_alone() -> None:
 async def test_deleting_the_group_mid_window_thaws_and_fails() -> None:
     log: list[str] = []
     cluster = FakeCluster(log)
-    cluster.hang_groups.add("nightly")
+    cluster.hang_groups.add("uid-1")
     runner = GroupRunner(cluster, connectors=None, ready_timeout=5)  # type: ignore[arg-type]
     task = asyncio.create_task(runner.reconcile(REF, spec("60s").wire(), {}))
     await cluster.cutting.wait()
@@ -388,7 +484,7 @@ async def test_deleting_the_group_mid_window_thaws_and_fails() -> None:
 async def test_groups_over_the_same_targets_take_turns_and_disjoint_ones_do_not_wait() -> None:
     log: list[str] = []
     cluster = FakeCluster(log)
-    cluster.hang_groups.add("nightly")
+    cluster.hang_groups.add("uid-1")
     runner = GroupRunner(cluster, connectors=None, ready_timeout=5)  # type: ignore[arg-type]
     first = asyncio.create_task(runner.reconcile(REF, spec("60s").wire(), {}))
     await cluster.cutting.wait()
@@ -433,17 +529,19 @@ async def test_a_group_found_finalizing_after_a_restart_only_waits_for_readiness
     assert RECOVERED == []
 
 
-async def test_a_stopping_operator_thaws_open_windows_first() -> None:
+async def test_a_stopping_operator_thaws_open_windows_first_and_leaves_the_retry_to_the_next() -> None:
     log: list[str] = []
     cluster = FakeCluster(log)
-    cluster.hang_groups.add("nightly")
+    cluster.hang_groups.add("uid-1")
     runner = GroupRunner(cluster, connectors=None, ready_timeout=5)  # type: ignore[arg-type]
     runner.start(REF, spec("60s").wire(), {})
     await cluster.cutting.wait()
     await runner.stop(timeout=10)
     assert runner.tasks == {}
     status = SnapshotGroupStatus.model_validate(cluster.patches[-1])
-    assert next(c.reason for c in status.conditions if c.type == "Succeeded") == "OperatorStopping"
+    assert [(a.number, a.reason) for a in status.attempts] == [(1, "OperatorStopping")]
+    assert status.phase == Phase.PENDING and status.attempt == 2 and status.hooks == []
+    assert "everything it applied was undone and checked" in status.attempts[0].message
     assert {"undo service:postgres", "undo service:mongodb",
             "undo writer:Deployment/data-writer"} <= set(log)
 
@@ -464,7 +562,7 @@ async def test_retained_snapshots_lose_their_owner_before_the_group_goes() -> No
 async def test_window_slots_bound_open_windows_and_later_groups_wait_unfrozen() -> None:
     log: list[str] = []
     cluster = FakeCluster(log)
-    cluster.hang_groups.add("nightly")
+    cluster.hang_groups.add("uid-1")
     cluster.pvcs["other-data"] = PvcInfo("other-data", "Bound", "sc", DRIVER)
     runner = GroupRunner(cluster, connectors=None, ready_timeout=5, max_windows=1)  # type: ignore[arg-type]
     first = asyncio.create_task(runner.reconcile(REF, spec("60s").wire(), {}))
@@ -477,3 +575,15 @@ async def test_window_slots_bound_open_windows_and_later_groups_wait_unfrozen() 
     cluster.let_cut.set()
     await asyncio.gather(first, second)
     assert log.index("undo writer:Deployment/data-writer") < log.index("apply service:other")
+
+
+async def test_a_snapshot_name_held_by_another_group_is_refused_in_the_plan_and_left_alone() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    theirs = {"metadata": {"labels": {GROUP_UID_LABEL: "uid-of-an-earlier-group"}}}
+    cluster.snapshots["nightly-postgres-pg-data"] = theirs
+    status = await run_group(cluster)
+    assert status.phase == Phase.FAILED and status.attempts == []
+    failed = next(c for c in status.conditions if c.type == "Succeeded")
+    assert failed.reason == "SnapshotNameTaken" and "spec.services[0].name" in failed.message
+    assert log == [] and cluster.snapshots == {"nightly-postgres-pg-data": theirs}

@@ -22,6 +22,7 @@ from snapgroup.adapters.mongo import MongoConnection
 from snapgroup.adapters.objectstore import ObjectStoreConnection
 from snapgroup.adapters.postgres import PostgresConnection
 from snapgroup.api.snapshotgroup import ServiceTarget
+from snapgroup.hooks import mongodb as mongodb_hook
 from snapgroup.hooks.mongodb import MAX_UNLOCKS
 from snapgroup.hooks.registry import HookContext, ServiceHook, lookup
 from snapgroup.ports import ClockSample, NewestObject, PlanError, StepError
@@ -88,6 +89,10 @@ class FakePostgresSession(FakeClock):
         self.closed = 0
         self.newest_error: StepError | None = None
         self.indexed = True
+        self.others: dict[str, int] = {}
+        """Other sessions open on the server, by application_name."""
+        self.names: list[str] = []
+        """application_name of every connection made."""
 
     def _alive(self) -> None:
         if self.lost or self.closed:
@@ -119,6 +124,11 @@ class FakePostgresSession(FakeClock):
     async def column_indexed(self, table: str, column: str) -> bool:
         return self.indexed
 
+    async def terminate_sessions(self, application_name: str) -> int:
+        self._alive()
+        ended = self.others.pop(application_name, 0)
+        return ended
+
     async def close(self) -> None:
         self.closed += 1
 
@@ -144,6 +154,9 @@ class FakeMongoSession(FakeClock):
     async def fsync_lock(self) -> int:
         self.server.lock_count += 1
         return self.server.lock_count
+
+    async def is_locked(self) -> bool:
+        return self.server.lock_count > 0
 
     async def fsync_unlock(self) -> int:
         self.server.unlock_calls += 1
@@ -192,8 +205,10 @@ class FakeConnectors:
         if self.fail:
             raise self.fail
 
-    async def postgres(self, secret: Mapping[str, str], timeout: float) -> FakePostgresSession:
+    async def postgres(self, secret: Mapping[str, str], timeout: float,
+                       application_name: str = "snapgroup") -> FakePostgresSession:
         self._connect(secret)
+        self.postgres_session.names.append(application_name)
         return self.postgres_session
 
     async def mongo(self, secret: Mapping[str, str], timeout: float) -> FakeMongoSession:
@@ -401,33 +416,66 @@ async def test_mongo_recover_reconnects_with_the_journaled_secret() -> None:
     assert connectors.mongo_sessions[-1].closed == 1
 
 
-@pytest.mark.parametrize(("locked", "count_after"), [(True, 0), (False, 0)])
-async def test_mongo_recover_without_a_count_unlocks_only_a_held_lock(
-    locked: bool, count_after: int
+@pytest.mark.parametrize("locked", [True, False])
+async def test_mongo_recover_without_a_count_unlocks_only_a_lock_that_landed(
+    locked: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(mongodb_hook, "LATE_LOCK_SETTLE", 0.01)
     connectors = FakeConnectors()
     cluster = with_secret("mongodb")
     hook = await plan_one("mongodb", cluster, connectors)
-    intent = hook.intent()  # journaled before apply; the crash came before the record
-    connectors.mongo_server.lock_count = 1 if locked else 0
+    intent = hook.intent()  # journaled before apply; the lock call never answered
+    assert intent["lockedBefore"] is False
+    connectors.mongo_server.lock_count = 1 if locked else 0  # the lock landed, or never did
 
     mongodb = lookup("mongodb")
     assert mongodb is not None
     message = await mongodb.recover(context(cluster, connectors), hook.key, intent, False)
 
-    assert connectors.mongo_server.lock_count == count_after
-    assert connectors.mongo_server.unlock_calls == 1
-    assert ("unlocked once" in message) == locked
+    assert connectors.mongo_server.lock_count == 0
+    assert connectors.mongo_server.unlock_calls == (1 if locked else 0)
+    assert ("its lock landed" in message) == locked
+    assert ("no lock landed" in message) == (not locked)
 
 
-async def test_postgres_and_minio_recover_touch_nothing() -> None:
+async def test_mongo_recover_leaves_a_lock_it_cannot_tell_is_ours() -> None:
     connectors = FakeConnectors()
-    for service_type in ("postgresql", "minio"):
-        hook_type = lookup(service_type)
-        assert hook_type is not None
-        message = await hook_type.recover(context(FakeCluster(), connectors),
-                                          f"service:{service_type}", {}, True)
-        assert message
+    connectors.mongo_server.lock_count = 1  # locked by someone before the group
+    cluster = with_secret("mongodb")
+    hook = await plan_one("mongodb", cluster, connectors)
+    intent = hook.intent()
+    assert intent["lockedBefore"] is True
+
+    mongodb = lookup("mongodb")
+    assert mongodb is not None
+    with pytest.raises(StepError) as caught:
+        await mongodb.recover(context(cluster, connectors), hook.key, intent, False)
+    assert caught.value.reason == "LockOwnerUnknown"
+    assert connectors.mongo_server.lock_count == 1 and connectors.mongo_server.unlock_calls == 0
+
+
+async def test_postgres_sessions_are_named_after_the_group_and_recover_closes_leftovers() -> None:
+    connectors = FakeConnectors()
+    cluster = with_secret("postgresql")
+    hook = await plan_one("postgresql", cluster, connectors)
+    assert connectors.postgres_session.names == ["snapgroup:uid-1"]
+    record = hook.quiesce_record()
+    assert record is not None and record["sessionName"] == "snapgroup:uid-1"
+    connectors.postgres_session.others = {"snapgroup:uid-1": 1, "snapgroup:uid-2": 1}
+
+    postgresql = lookup("postgresql")
+    assert postgresql is not None
+    message = await postgresql.recover(context(cluster, connectors), hook.key, record, False)
+    assert "closed 1 session(s)" in message
+    assert connectors.postgres_session.others == {"snapgroup:uid-2": 1}, "only the group's own"
+
+
+async def test_minio_recover_touches_nothing() -> None:
+    connectors = FakeConnectors()
+    hook_type = lookup("minio")
+    assert hook_type is not None
+    message = await hook_type.recover(context(FakeCluster(), connectors), "service:minio", {}, True)
+    assert message
     assert connectors.connected == []
 
 

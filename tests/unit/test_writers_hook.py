@@ -20,7 +20,8 @@ from snapgroup.api.labels import FREEZE_DEADLINE, ISOLATED_BY, ORIGINAL_REPLICAS
 from snapgroup.api.snapshotgroup import WriterTarget
 from snapgroup.hooks import registry
 from snapgroup.hooks.registry import HookContext
-from snapgroup.hooks.writers import IsolatedWriter, ScaleWriters, restore_orphans
+from snapgroup.hooks.writers import IsolatedWriter, ScaleWriters
+from snapgroup.orchestration.safety_net import SafetyNet
 from snapgroup.ports import (
     Connectors,
     PlanError,
@@ -64,6 +65,10 @@ class FakeCluster:
         self.scale_calls: list[tuple[str, str, int, dict[str, str | None]]] = []
         self.pods_changed = asyncio.Condition()
         self.waiting_for_pods = asyncio.Event()
+        self.groups: dict[tuple[str, str], dict[str, Any]] = {}
+        """SnapshotGroups as stored, for the safety net."""
+        self.asked: list[tuple[str, str]] = []
+        self.events: list[tuple[str, str, str]] = []
 
     def add(self, name: str, replicas: int, *, kind: str = "Deployment", namespace: str = NS,
             labels: Mapping[str, str] | None = None,
@@ -147,7 +152,14 @@ class FakeCluster:
 
     async def emit_event(self, namespace: str, name: str, uid: str, event_type: Any, reason: str,
                          message: str) -> None:
-        raise AssertionError("events are the orchestration's to emit")
+        self.events.append((namespace, name, reason))
+
+    async def get_group(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.asked.append((namespace, name))
+        return self.groups.get((namespace, name))
+
+    async def list_lease_records(self) -> list[Any]:
+        return []
 
 
 class NoConnectors:
@@ -345,27 +357,37 @@ async def test_planning_again_after_a_restart_keeps_the_original_replicas(
     assert hook.intent()["originalReplicas"] == 3
 
 
-async def test_restore_orphans_gives_back_only_workloads_of_dead_groups(
+def _group(uid: str, phase: str) -> dict[str, Any]:
+    return {"metadata": {"uid": uid}, "status": {"phase": phase}}
+
+
+async def test_safety_net_gives_back_only_workloads_no_live_group_holds(
     cluster: FakeCluster,
 ) -> None:
     live = cluster.add("ingest", 0, annotations={ISOLATED_BY: f"{NS}/running/u1",
-                                                  ORIGINAL_REPLICAS: "2"})
+                                                  ORIGINAL_REPLICAS: "2",
+                                                  FREEZE_DEADLINE: "2999-01-01T00:00:00Z"})
     dead = cluster.add("data-writer", 0, namespace="shop",
                        annotations={ISOLATED_BY: "shop/finished/u2", ORIGINAL_REPLICAS: "3"})
     replaced = cluster.add("api", 0, annotations={ISOLATED_BY: f"{NS}/running/old-uid",
                                                    ORIGINAL_REPLICAS: "1"})
+    stuck = cluster.add("late", 0, annotations={ISOLATED_BY: f"{NS}/stuck/u3",
+                                                 ORIGINAL_REPLICAS: "4",
+                                                 FREEZE_DEADLINE: "2020-01-01T00:00:00Z"})
     untouched = cluster.add("reports", 1)
-    asked: list[tuple[str, str, str]] = []
+    cluster.groups = {(NS, "running"): _group("u1", "Quiescing"),
+                      ("shop", "finished"): _group("u2", "Succeeded"),
+                      (NS, "stuck"): _group("u3", "Snapshotting")}
 
-    async def is_live(namespace: str, name: str, uid: str) -> bool:
-        asked.append((namespace, name, uid))
-        return (namespace, name, uid) == (NS, "running", "u1")
-
-    messages = await restore_orphans(cluster, is_live)
+    repairs = await SafetyNet(cluster, NoConnectors()).repair_once()
 
     assert (live.replicas, live.annotations[ISOLATED_BY]) == (0, f"{NS}/running/u1")
     assert dead.replicas == 3 and ISOLATED_BY not in dead.annotations
     assert replaced.replicas == 1 and ISOLATED_BY not in replaced.annotations
+    assert stuck.replicas == 4 and ISOLATED_BY not in stuck.annotations, "past its freeze deadline"
     assert untouched.replicas == 1
-    assert ("shop", "finished", "u2") in asked
-    assert len(messages) == 2
+    assert ("shop", "finished") in cluster.asked
+    assert sorted(r.target for r in repairs) == [
+        f"Deployment {NS}/api", f"Deployment {NS}/late", "Deployment shop/data-writer"]
+    assert all(r.ok for r in repairs)
+    assert {e[2] for e in cluster.events} == {"SafetyNetRepaired"}

@@ -13,9 +13,11 @@ from snapgroup.ports import MongoSession, ObjectStoreSession, PostgresSession
 class DatabaseConnectors:
     """Opens sessions with psycopg, pymongo and the minio SDK; failures are StepErrors."""
 
-    async def postgres(self, secret: Mapping[str, str], timeout: float) -> PostgresSession:
+    async def postgres(
+        self, secret: Mapping[str, str], timeout: float, application_name: str = "snapgroup"
+    ) -> PostgresSession:
         """Connect to PostgreSQL: one session, to be held through the freeze window."""
-        return await PostgresConnection.open(secret, timeout)
+        return await PostgresConnection.open(secret, timeout, application_name)
 
     async def mongo(self, secret: Mapping[str, str], timeout: float) -> MongoSession:
         """Create a MongoDB client; it connects on first use."""

@@ -2,7 +2,12 @@
 
 Every request runs in a worker thread with its own ``_request_timeout`` and reads the raw JSON
 body (the client's model classes are slow to build and unnecessary here). Waiting is done by
-list + watch from the list's resourceVersion, never by polling. API errors become
+list + watch from the list's resourceVersion, never by polling; watches have threads and
+connections of their own, so however many groups wait, a thaw's requests never queue behind
+them. A transient failure (no answer, a reset connection, HTTP 429/5xx) is retried with capped
+exponential backoff for up to ``outage_tolerance`` seconds, so a short API server restart is
+ridden through; every verb used is safe to repeat (merge patches, reads, creates where 409 means
+"already there", deletes where 404 means "already gone"). API errors become
 ``StepError("KubernetesApiError", ...)`` carrying the server's message and never a request or
 response body that could hold Secret data.
 """
@@ -13,7 +18,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import copy
 import json
+import logging
 import math
 import os
 import socket
@@ -32,9 +39,11 @@ from kubernetes.client.exceptions import ApiException
 from snapgroup import metrics
 from snapgroup.api import API_VERSION, GROUP, VERSION
 from snapgroup.api.base import LabelSelector
+from snapgroup.api.labels import GROUP_UID_LABEL, QUIESCE_LABEL, QUIESCE_RECORD
 from snapgroup.api.snapshotgroup import KIND, PLURAL
 from snapgroup.ports import (
     EventType,
+    LeaseRecord,
     PvcInfo,
     SnapshotClassInfo,
     SnapshotInfo,
@@ -44,20 +53,33 @@ from snapgroup.ports import (
 
 from .kube_watch import WatchStream
 
+log = logging.getLogger("snapgroup.kube")
+
 SNAPSHOT_API_GROUP = "snapshot.storage.k8s.io"
 SNAPSHOT_API_VERSION = "v1"
 DEFAULT_SNAPSHOT_CLASS_ANNOTATION = "snapshot.storage.kubernetes.io/is-default-class"
 EVENT_SOURCE_COMPONENT = "snapgroup"
 REPORTING_CONTROLLER = "snapgroup.dev/operator"
 MAX_CONCURRENT_REQUESTS = 64
-"""Worker threads and pooled connections per client: every waiting watch holds one of each."""
+"""Worker threads and pooled connections for ordinary requests (watches have their own)."""
+MAX_CONCURRENT_WATCHES = 1024
+"""Bound on watches open at once: each holds a thread and a connection for as long as it waits.
+Threads are started as waits need them, so the pool grows with the number of waits."""
+OUTAGE_TOLERANCE = 15.0
+"""Seconds of transient API failures (from the first) a request retries through before failing."""
 
 _MERGE_PATCH = "application/merge-patch+json"
 _EVENT_MESSAGE_LIMIT = 1024
 _LIST_PAGE = 500
 _HTTP_GONE = 410
+_TRANSIENT_STATUS = frozenset({0, 429, 500, 502, 503, 504})  # 0: the client's own TLS failure
+_FIRST_BACKOFF = 0.2
+_MAX_BACKOFF = 2.0
 _LEASE_ATTEMPTS = 5
 _WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+_LEASE_LABELS = {"app.kubernetes.io/managed-by": "snapgroup"}
+_MUTATING = frozenset({"create", "patch", "delete"})
+"""Verbs whose request, once sent, is waited for even when the caller is cancelled."""
 
 
 def load_api_client(
@@ -98,6 +120,8 @@ class KubeCluster:
         *,
         request_timeout: float = 10.0,
         max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
+        max_concurrent_watches: int = MAX_CONCURRENT_WATCHES,
+        outage_tolerance: float = OUTAGE_TOLERANCE,
         namespaces: Collection[str] = (),
     ) -> None:
         self.namespaces = tuple(namespaces)
@@ -108,16 +132,30 @@ class KubeCluster:
         self._coordination = client.CoordinationV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         self._timeout = request_timeout
-        # A pool of our own: a watch blocks its thread for as long as it waits, and the loop's
-        # default pool (CPUs + 4 threads) would let a few waiting groups stall every other call.
+        self.outage_tolerance = outage_tolerance
+        # Pools of our own, one for requests and one for watches: a watch blocks its thread and
+        # its connection for as long as it waits, so sharing either would let enough waiting
+        # groups stall every other call (a thaw, a journal write) behind them.
         self._executor = ThreadPoolExecutor(
             max_workers=max_concurrent_requests, thread_name_prefix="snapgroup-kube"
         )
+        self._watch_executor = ThreadPoolExecutor(
+            max_workers=max_concurrent_watches, thread_name_prefix="snapgroup-watch"
+        )
+        # Same server, credentials and token refresh (a shallow copy shares them); its own pool.
+        watch_configuration = copy.copy(api_client.configuration)
+        watch_configuration.connection_pool_maxsize = max_concurrent_watches
+        self._watch_client = client.ApiClient(configuration=watch_configuration)
+        self._watch_apis: dict[type[Any], Any] = {}
         self.requests: Counter[str] = Counter()
+        self.retries: Counter[str] = Counter()
+        """Requests retried after a transient failure, per verb (watches: reopened)."""
 
     def close(self) -> None:
         """Release the worker threads; requests still running end at their own timeouts."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._watch_executor.shutdown(wait=False, cancel_futures=True)
+        self._watch_client.rest_client.pool_manager.clear()
 
     # -- claims, secrets, classes ---------------------------------------------------------
 
@@ -314,14 +352,39 @@ class KubeCluster:
     # -- volume snapshots ------------------------------------------------------------------
 
     async def create_snapshot(self, namespace: str, body: dict[str, Any]) -> None:
-        """Create a VolumeSnapshot; one that already exists by that name counts as created."""
-        name = (body.get("metadata") or {}).get("name", "")
-        await self._call(
+        """Create a VolumeSnapshot; one that already exists by that name counts as created only
+        when it carries the same group-uid label (a retry of our own create). Anybody else's
+        raises StepError("SnapshotNameTaken"): it is never adopted."""
+        meta = body.get("metadata") or {}
+        name = meta.get("name", "")
+        created = await self._call(
             "create", f"create VolumeSnapshot {namespace}/{name}",
             self._custom.create_namespaced_custom_object,
             SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION, namespace, "volumesnapshots", body,
             allow={409},
         )
+        if created is not None:
+            return
+        ours = (meta.get("labels") or {}).get(GROUP_UID_LABEL)
+        existing = await self.get_snapshot(namespace, name)
+        if existing is not None and existing.owner_uid != ours:
+            raise StepError(
+                "SnapshotNameTaken",
+                f"VolumeSnapshot {namespace}/{name} already exists and belongs to "
+                + (f"another SnapshotGroup (uid {existing.owner_uid})" if existing.owner_uid
+                   else "no SnapshotGroup")
+                + "; it was left alone: delete it or give the group another name",
+            )
+
+    async def get_snapshot(self, namespace: str, name: str) -> SnapshotInfo | None:
+        """One VolumeSnapshot, or None when it does not exist."""
+        found = await self._call(
+            "get", f"read VolumeSnapshot {namespace}/{name}",
+            self._custom.get_namespaced_custom_object,
+            SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION, namespace, "volumesnapshots", name,
+            allow={404},
+        )
+        return None if found is None else _snapshot_info(found)
 
     async def delete_snapshot(self, namespace: str, name: str) -> None:
         """Delete a VolumeSnapshot; a missing one counts as deleted."""
@@ -514,13 +577,16 @@ class KubeCluster:
     # -- leases (mutual exclusion of groups over shared targets) ----------------------------
 
     async def acquire_lease(
-        self, namespace: str, name: str, holder: str, seconds: int
+        self, namespace: str, name: str, holder: str, seconds: int,
+        labels: Mapping[str, str] | None = None,
     ) -> str | None:
         """Take a coordination.k8s.io Lease for holder, or renew it.
 
         Returns None when holder now holds it, else the identity of the live holder. A lease
         whose holder let it expire (renewTime + leaseDurationSeconds in the past) is taken
-        over. Every write carries the resourceVersion read, so two takers never both win.
+        over, unless it carries another holder's quiesce record. Holders are compared by group
+        (``<group>/<uid>``, the part before ``@``): a restarted operator renews its groups'
+        Leases. Every write carries the resourceVersion read, so two takers never both win.
         """
         action = f"take Lease {namespace}/{name}"
         for _ in range(_LEASE_ATTEMPTS):
@@ -531,7 +597,7 @@ class KubeCluster:
             if lease is None:
                 # No times in the body: the model layer would reformat them; creationTimestamp
                 # stands for the first renewal.
-                body = {"metadata": {"name": name},
+                body = {"metadata": {"name": name, "labels": {**(labels or {}), **_LEASE_LABELS}},
                         "spec": {"holderIdentity": holder, "leaseDurationSeconds": seconds}}
                 created = await self._call(
                     "create", action, self._coordination.create_namespaced_lease, namespace, body,
@@ -542,7 +608,10 @@ class KubeCluster:
                 continue  # someone created it meanwhile: look again
             spec = lease.get("spec") or {}
             current = spec.get("holderIdentity")
-            if current and current != holder and not _lease_expired(lease):
+            mine = bool(current) and _same_holder(str(current), holder)
+            if current and not mine and (
+                not _lease_expired(lease) or QUIESCE_RECORD in _annotations(lease)
+            ):
                 return str(current)
             now = _micro_time(datetime.now(UTC))
             patch: dict[str, Any] = {
@@ -550,7 +619,7 @@ class KubeCluster:
                 "spec": {"holderIdentity": holder, "leaseDurationSeconds": seconds,
                          "renewTime": now},
             }
-            if current != holder:
+            if not mine:
                 patch["spec"]["acquireTime"] = now
                 patch["spec"]["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
             done = await self._call(
@@ -564,12 +633,14 @@ class KubeCluster:
         )
 
     async def release_lease(self, namespace: str, name: str, holder: str) -> None:
-        """Delete a Lease if holder still holds it (the resourceVersion read is a precondition)."""
+        """Delete a Lease if holder still holds it (the resourceVersion read is a precondition);
+        one that carries a quiesce record is kept for the safety net."""
         action = f"release Lease {namespace}/{name}"
         lease = await self._call(
             "get", action, self._coordination.read_namespaced_lease, name, namespace, allow={404},
         )
-        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != holder:
+        current = str((lease or {}).get("spec", {}).get("holderIdentity") or "")
+        if lease is None or not _same_holder(current, holder) or QUIESCE_RECORD in _annotations(lease):
             return
         preconditions = {"uid": lease["metadata"]["uid"],
                          "resourceVersion": lease["metadata"]["resourceVersion"]}
@@ -577,6 +648,62 @@ class KubeCluster:
             "delete", action, self._coordination.delete_namespaced_lease, name, namespace,
             body={"preconditions": preconditions}, allow={404, 409},
         )
+
+    async def set_lease_record(
+        self, namespace: str, name: str, holder: str, record: Mapping[str, Any] | None
+    ) -> None:
+        """Write (or with None remove) the quiesce record of a Lease held by holder's group.
+
+        Raises StepError("LeaseNotHeld") when the Lease is gone or another group holds it.
+        """
+        action = f"{'write' if record is not None else 'remove'} the quiesce record of Lease " \
+                 f"{namespace}/{name}"
+        lease = await self._call(
+            "get", action, self._coordination.read_namespaced_lease, name, namespace, allow={404},
+        )
+        current = str((lease or {}).get("spec", {}).get("holderIdentity") or "")
+        if lease is None or not _same_holder(current, holder):
+            if record is None:
+                return  # nothing of ours left to remove
+            raise StepError("LeaseNotHeld", f"{action}: the Lease is not held by {holder}")
+        value = None if record is None else json.dumps(dict(record), sort_keys=True)
+        patch = {"metadata": {
+            "resourceVersion": lease["metadata"]["resourceVersion"],
+            "annotations": {QUIESCE_RECORD: value},
+            "labels": {QUIESCE_LABEL: None if record is None else "held"},
+        }}
+        done = await self._call(
+            "patch", action, self._coordination.patch_namespaced_lease, name, namespace, patch,
+            _content_type=_MERGE_PATCH, allow={409},
+        )
+        if done is None:
+            raise StepError("LeaseContended", f"{action}: the Lease changed meanwhile")
+
+    async def list_lease_records(self) -> list[LeaseRecord]:
+        """Every Lease with a quiesce record, in the watched namespaces."""
+        selector = f"{QUIESCE_LABEL}=held"
+        if self.namespaces:
+            items = [
+                item for ns in self.namespaces
+                for item in _items(await self._call(
+                    "list", f"list Leases in {ns} with quiesce records",
+                    self._coordination.list_namespaced_lease, ns, label_selector=selector))
+            ]
+        else:
+            items = _items(await self._call(
+                "list", "list Leases with quiesce records",
+                self._coordination.list_lease_for_all_namespaces, label_selector=selector))
+        found = []
+        for item in items:
+            try:
+                record = json.loads(_annotations(item).get(QUIESCE_RECORD) or "")
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                found.append(LeaseRecord(
+                    namespace=item["metadata"]["namespace"], name=item["metadata"]["name"],
+                    holder=(item.get("spec") or {}).get("holderIdentity"), record=record))
+        return found
 
     async def wait_lease_change(self, namespace: str, name: str, timeout: float) -> None:
         """Return when the Lease changes or is deleted (at once if it is gone), or after timeout
@@ -627,22 +754,46 @@ class KubeCluster:
         allow: Collection[int] = (), **kwargs: Any,
     ) -> Any:
         """Send one request in a worker thread: the decoded JSON body, or None for an allowed
-        error status (404 read as "absent", 409 on create as "already there")."""
-        self.requests[verb] += 1
-        metrics.API_REQUESTS.labels(verb).inc()
+        error status (404 read as "absent", 409 on create as "already there").
+
+        Transient failures are retried with capped exponential backoff until
+        ``outage_tolerance`` seconds have passed since the first; the waits are plain sleeps
+        on the loop, so cancelling the caller stops the retries at once.
+        """
         request = partial(_send, method, *args, _request_timeout=self._timeout, **kwargs)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, request)
-        except ApiException as exc:
-            if exc.status in allow:
-                return None
-            raise _api_error(action, exc) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise StepError(
-                "KubernetesApiError",
-                f"{action}: no answer from the API server within {self._timeout:g}s "
-                f"({type(exc).__name__})",
-            ) from exc
+        loop = asyncio.get_running_loop()
+        give_up: float | None = None
+        delay = _FIRST_BACKOFF
+        while True:
+            self.requests[verb] += 1
+            metrics.API_REQUESTS.labels(verb).inc()
+            future = loop.run_in_executor(self._executor, request)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                if verb in _MUTATING:
+                    # The request is already on its way: let it land (within its own timeout),
+                    # so an undo that follows the cancellation sees its effect, never the reverse.
+                    await asyncio.wait({future}, timeout=self._timeout + 1.0)
+                raise
+            except ApiException as exc:
+                if exc.status in allow:
+                    return None
+                if exc.status not in _TRANSIENT_STATUS:
+                    raise _api_error(action, exc) from exc
+                failure: Exception = exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                failure = exc
+            now = loop.time()
+            give_up = now + self.outage_tolerance if give_up is None else give_up
+            if now >= give_up:
+                raise _outage_error(action, failure, self._timeout, self.outage_tolerance) from failure
+            pause = min(max(delay, _retry_after(failure)), give_up - now)
+            self.retries[verb] += 1
+            metrics.API_RETRIES.labels(verb).inc()
+            log.warning("%s: %s; retrying in %.1fs", action, _transient_cause(failure), pause)
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, _MAX_BACKOFF)
 
     async def _list_pages(self, action: str, method: Callable[..., Any]) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -658,29 +809,48 @@ class KubeCluster:
         self, action: str, method: Callable[..., Any], *args: Any,
         resource_version: str, deadline: float, **kwargs: Any,
     ) -> _ActionWatch:
-        """A watch that the server itself ends by the deadline, with a read timeout just past it."""
+        """A watch that the server itself ends by the deadline, with a read timeout just past it.
+
+        It runs on the watch threads and connections (the same API call, bound to the watch
+        client), never on those of ordinary requests.
+        """
         remaining = deadline - asyncio.get_running_loop().time()
         server_timeout = max(1, math.ceil(remaining))
         self.requests["watch"] += 1
         metrics.API_REQUESTS.labels("watch").inc()
+        api = getattr(method, "__self__", None)
+        if api is not None:
+            if type(api) not in self._watch_apis:
+                self._watch_apis[type(api)] = type(api)(self._watch_client)
+            method = getattr(self._watch_apis[type(api)], method.__name__)
         open_request = partial(
             method, *args, watch=True, resource_version=resource_version,
             timeout_seconds=server_timeout, _preload_content=False,
             _request_timeout=(self._timeout, server_timeout + self._timeout), **kwargs,
         )
-        return _ActionWatch(action, open_request, self._executor)
+        return _ActionWatch(action, open_request, self._watch_executor)
 
     async def _next(self, stream: _ActionWatch) -> dict[str, Any] | None:
-        """The next event, or None when the watch ended and the caller should list again."""
+        """The next event, or None when the watch ended and the caller should list again.
+
+        A watch broken by a transient failure also ends this way, after a short pause: the
+        list that follows retries through the outage (or reports it), then watches again.
+        """
         try:
             return await stream.next_event()
         except ApiException as exc:
             if exc.status == _HTTP_GONE:
                 return None
-            raise _api_error(stream.action, exc) from exc
-        except urllib3.exceptions.HTTPError:
-            # A broken watch connection: listing again either recovers or reports the error.
-            return None
+            if exc.status not in _TRANSIENT_STATUS:
+                raise _api_error(stream.action, exc) from exc
+            failure: Exception = exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            failure = exc
+        self.retries["watch"] += 1
+        metrics.API_RETRIES.labels("watch").inc()
+        log.warning("%s: %s; listing again", stream.action, _transient_cause(failure))
+        await asyncio.sleep(_FIRST_BACKOFF)  # no hot loop while the server refuses watches
+        return None
 
 
 class _ActionWatch(WatchStream):
@@ -717,6 +887,32 @@ def _api_error(action: str, exc: ApiException) -> StepError:
     )
 
 
+def _outage_error(action: str, failure: Exception, timeout: float, tolerance: float) -> StepError:
+    if isinstance(failure, ApiException):
+        error = _api_error(action, failure)
+        return StepError(error.reason, f"{error.message} (still failing after {tolerance:g}s of retries)")
+    return StepError(
+        "KubernetesApiError",
+        f"{action}: no answer from the API server within {timeout:g}s "
+        f"({type(failure).__name__}), still none after {tolerance:g}s of retries",
+    )
+
+
+def _transient_cause(failure: Exception) -> str:
+    if isinstance(failure, ApiException):
+        return f"HTTP {failure.status} {failure.reason or ''}".rstrip()
+    return f"no answer ({type(failure).__name__})"
+
+
+def _retry_after(failure: Exception) -> float:
+    """The server's Retry-After (HTTP 429 from API priority and fairness), capped; else 0."""
+    headers = getattr(failure, "headers", None) or {}
+    try:
+        return min(float(headers.get("Retry-After", 0)), _MAX_BACKOFF * 2)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _require_selector(selector: str, what: str) -> None:
     if not selector:
         # An empty selector would match every object in the namespace.
@@ -733,6 +929,10 @@ def _version(listing: Any) -> str:
 
 def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
 
 
 def _workload_info(kind: str, obj: dict[str, Any]) -> WorkloadInfo:
@@ -761,6 +961,7 @@ def _snapshot_info(obj: dict[str, Any]) -> SnapshotInfo:
         restore_size=None if restore_size is None else str(restore_size),
         error=(status.get("error") or {}).get("message"),
         content=status.get("boundVolumeSnapshotContentName"),
+        owner_uid=_labels(obj).get(GROUP_UID_LABEL),
     )
 
 
@@ -774,6 +975,11 @@ def _nanos_time(nanos: int) -> datetime:
 def _micro_time(moment: datetime) -> str:
     """A metav1.MicroTime: RFC 3339 with exactly six fractional digits, in UTC."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _same_holder(current: str, holder: str) -> bool:
+    """Whether two holder identities name the same group (``<group>/<uid>``, before ``@``)."""
+    return current.split("@", 1)[0] == holder.split("@", 1)[0]
 
 
 def _lease_expired(lease: dict[str, Any]) -> bool:

@@ -132,6 +132,13 @@ class MongoConnection:
         )
         return self._lock_count("fsyncUnlock", reply)
 
+    async def is_locked(self) -> bool:
+        """True while the server holds an fsync lock: currentOp then reports fsyncLock."""
+        reply = await self._call(
+            "reading the fsync lock state", lambda: self._client.admin.command({"currentOp": 1})
+        )
+        return bool(reply.get("fsyncLock"))
+
     async def newest_record(self, database: str, collection: str, field: str) -> datetime | None:
         """The greatest date in field, or None when no document has one."""
         # Only dates count: in a descending sort other BSON types (timestamps, regexes) could

@@ -124,8 +124,13 @@ class PostgresConnection:
         return f"<PostgresConnection {self._address.describe()}>"
 
     @classmethod
-    async def open(cls, secret: Mapping[str, str], timeout: float) -> PostgresConnection:
-        """Connect with the Secret's data; StepError DatabaseUnreachable or AuthenticationFailed."""
+    async def open(
+        cls, secret: Mapping[str, str], timeout: float, application_name: str = APPLICATION_NAME
+    ) -> PostgresConnection:
+        """Connect with the Secret's data; StepError DatabaseUnreachable or AuthenticationFailed.
+
+        The session shows as application_name in pg_stat_activity (a group names its sessions,
+        so one left behind can be found and closed)."""
         address = PostgresAddress.from_secret(secret)
         try:
             conn = await asyncio.wait_for(
@@ -134,7 +139,7 @@ class PostgresConnection:
                     autocommit=True,
                     # libpq takes whole seconds and treats anything below 2 as 2.
                     connect_timeout=max(2, math.ceil(timeout)),
-                    application_name=APPLICATION_NAME,
+                    application_name=application_name,
                 ),
                 timeout,
             )
@@ -234,6 +239,15 @@ class PostgresConnection:
         if not isinstance(value, datetime):
             raise StepError("QueryFailed", f"{self._address.describe()} returned no clock time")
         return ClockSample(before, value, after, resolution=1e-6)
+
+    async def terminate_sessions(self, application_name: str) -> int:
+        """End every other session named application_name (pg_terminate_backend); how many."""
+        statement = sql.SQL(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = {} AND pid <> pg_backend_pid()"
+        ).format(sql.Literal(application_name))
+        value = await self._call("closing sessions left behind", lambda: self._scalar(statement))
+        return int(str(value))
 
     async def close(self) -> None:
         """Close the session; a backup still in progress ends with it."""

@@ -1,5 +1,7 @@
 """Names the operator puts on other objects: labels, annotations, finalizer."""
 
+import hashlib
+
 from snapgroup.api import GROUP
 
 GROUP_LABEL = f"{GROUP}/group"
@@ -16,3 +18,20 @@ FREEZE_DEADLINE = f"{GROUP}/freeze-deadline"
 """On an isolated workload: RFC 3339 time by which it must be restored."""
 FINALIZER = f"{GROUP}/cleanup"
 """Held on a SnapshotGroup until its writers are restored and its services resumed."""
+GROUP_UID_LABEL = f"{GROUP}/group-uid"
+"""On each VolumeSnapshot: uid of the SnapshotGroup that cut it (names are reused, uids never)."""
+ATTEMPT_LABEL = f"{GROUP}/attempt"
+"""On each VolumeSnapshot: the attempt of its group that cut it."""
+LEASE_LABEL = f"{GROUP}/target"
+"""On each exclusion Lease: the kind of target it guards (workload, pvc, server)."""
+QUIESCE_LABEL = f"{GROUP}/quiesce"
+"""On a server's exclusion Lease while a group may hold that server quiesced (value ``held``)."""
+QUIESCE_RECORD = f"{GROUP}/quiesce-record"
+"""On a server's exclusion Lease: JSON saying which group may hold the server quiesced and how to
+undo it, written before the quiesce and removed once the undo was checked; it outlives the group,
+so the safety net can repair a server whose group vanished."""
+
+
+def lease_name(key: str) -> str:
+    """The exclusion Lease of a target key such as ``workload:Deployment/x``: short, valid, stable."""
+    return "snapgroup-" + hashlib.sha256(key.encode()).hexdigest()[:20]

@@ -274,6 +274,9 @@ class SnapshotGroupSpec(ApiModel):
     """Extra hooks from the registry."""
     snapshot_deletion_policy: Literal["Delete", "Retain"] = "Delete"
     """Delete: the VolumeSnapshots go with the group. Retain: they are kept when the group is deleted."""
+    backoff_limit: int = Field(default=2, ge=0, le=10)
+    """How many times a failed attempt (operator restart, API errors, freeze budget, lost session)
+    is retried after it was undone, like a Job's backoffLimit. A bad spec is never retried."""
 
     @field_validator("services")
     @classmethod
@@ -406,6 +409,21 @@ class HookStatus(ApiModel):
     """What the undo step needs (e.g. original replicas, lock count before), written before acting."""
 
 
+class AttemptStatus(ApiModel):
+    """One finished attempt of a group that was retried."""
+
+    number: int
+    """1 for the first attempt."""
+    start_time: datetime | None = None
+    """When the attempt started."""
+    completion_time: datetime | None = None
+    """When it ended and everything it applied was undone."""
+    reason: str
+    """Why it failed (CamelCase)."""
+    message: str = ""
+    """What happened, in words."""
+
+
 class SnapshotGroupStatus(ApiModel):
     """The contract with users and checkers: what happened, and the proof of consistency."""
 
@@ -437,4 +455,11 @@ class SnapshotGroupStatus(ApiModel):
     writers: list[WriterStatus] = Field(default_factory=list)
     """Per isolated workload: original replicas and times."""
     hooks: list[HookStatus] = Field(default_factory=list)
-    """Every hook run in order; the write-ahead journal."""
+    """Every hook run of the current attempt in order; the write-ahead journal."""
+    targets: list[str] = Field(default_factory=list)
+    """What the attempt resolved and holds exclusively while it runs (a Lease each): workloads,
+    claims and database servers, e.g. ``workload:Deployment/data-writer``."""
+    attempt: int = 1
+    """The attempt the status describes: 1, then 2... after a failed attempt was retried."""
+    attempts: list[AttemptStatus] = Field(default_factory=list)
+    """Earlier attempts that failed and were retried, oldest first."""

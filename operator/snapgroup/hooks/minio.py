@@ -51,7 +51,7 @@ class MinioHookType(ServiceHookType[ObjectStoreSession]):
     secret_layouts = (("endpoint", "accessKey", "secretKey"),)
 
     async def connect(
-        self, connectors: Connectors, secret: Mapping[str, str], timeout: float
+        self, connectors: Connectors, secret: Mapping[str, str], timeout: float, session_name: str
     ) -> ObjectStoreSession:
         """An S3 client; it connects on first use."""
         return await connectors.object_store(secret, timeout)

@@ -8,6 +8,7 @@ leaves a lock someone else held before the group alone.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -42,41 +43,73 @@ async def unlock_down_to(session: MongoSession, lock_count_before: int) -> tuple
     )
 
 
+LATE_LOCK_CHECKS = 5
+"""How often an undo looks for a lock whose call ended without an answer (it may still land)."""
+LATE_LOCK_SETTLE = 1.0
+"""Seconds between those looks."""
+
+
 async def release_lock(session: MongoSession, record: UndoRecord) -> tuple[int | None, str]:
     """Undo our fsync lock as the record describes; returns (lock count now, what was done).
 
-    Without a recorded count it is unknown whether our lock was taken; one unlock is then done
-    only if the server holds a lock.
+    Without a recorded count the lock call ended without an answer (a timeout, a cancellation,
+    a crash): the server may have taken the lock, even after the call ended. The server is then
+    watched for a while (LATE_LOCK_SETTLE seconds between looks); a lock that shows up is lowered only if
+    the server held none before the group (lockedBefore), since only then is it ours.
     """
     before = journal_int(record, "lockCountBefore")
     if before is None:
-        try:
-            count = await session.fsync_unlock()
-        except StepError as exc:
-            if exc.reason == "NotLocked":
-                return 0, "the server held no fsync lock; nothing to unlock"
-            raise
-        return count, f"the lock count was not recorded; unlocked once, lock count now {count}"
+        return await _release_unknown(session, record)
     count, unlocks = await unlock_down_to(session, before)
     if unlocks == 0:
         return count, "the server held no fsync lock any more; nothing to unlock"
     return count, f"unlocked {unlocks}x, lock count back to {count} (was {before} before the group)"
 
 
+async def _release_unknown(session: MongoSession, record: UndoRecord) -> tuple[int | None, str]:
+    if record.get("lockedBefore") is not False:
+        if await session.is_locked():
+            raise StepError(
+                "LockOwnerUnknown",
+                "the server is fsync-locked, but it already was before the group and the lock "
+                "call ended without an answer: whether one of the locks is ours is unknown; "
+                "unlock by hand (db.fsyncUnlock()) once the other holder is done")
+        return 0, "the server holds no fsync lock"
+    for look in range(LATE_LOCK_CHECKS):
+        if await session.is_locked():
+            count, unlocks = await unlock_down_to(session, 0)
+            return count, (f"the lock call had ended without an answer and its lock landed; "
+                           f"unlocked {unlocks}x, lock count back to {count}")
+        if look + 1 < LATE_LOCK_CHECKS:
+            await asyncio.sleep(LATE_LOCK_SETTLE)  # a lock still on its way may land meanwhile
+    return 0, (f"the lock call ended without an answer and no lock landed "
+               f"(checked {LATE_LOCK_CHECKS} times over {LATE_LOCK_SETTLE * (LATE_LOCK_CHECKS - 1):g}s)")
+
+
 class MongoLock(BoundService[MongoSession]):
     """One MongoDB service: fsync-locked by apply, unlocked to the previous count by undo."""
 
+    def __init__(
+        self, ctx: HookContext, service: ServiceTarget, session: MongoSession, locked_before: bool
+    ) -> None:
+        super().__init__(ctx, service, session)
+        self.locked_before = locked_before
+
     def intent(self) -> UndoRecord:
-        """How to reconnect after a restart; the count is only known once locked."""
-        return self.connection_record()
+        """How to reconnect after a restart, and whether the server was locked before the group;
+        the count is only known once locked."""
+        return {**self.connection_record(), "lockedBefore": self.locked_before}
+
+    def quiesce_record(self) -> UndoRecord:
+        """What a repair needs if the group vanishes: the intent (the count comes later)."""
+        return self.intent()
 
     async def apply(self) -> UndoRecord:
         """Flush and lock; record the lock count before our lock."""
         after = await self.session.fsync_lock()
         self._evidence["lockCountBefore"] = str(after - 1)
         self._evidence["lockCountAfterLock"] = str(after)
-        return {**self.connection_record(), "lockCountBefore": after - 1,
-                "lockCountAfterLock": after}
+        return {**self.intent(), "lockCountBefore": after - 1, "lockCountAfterLock": after}
 
     async def undo(self, record: UndoRecord) -> str:
         """Unlock until the count is back to lockCountBefore."""
@@ -101,7 +134,7 @@ class MongodbHookType(ServiceHookType[MongoSession]):
     secret_layouts = (("uri",), ("host",))
 
     async def connect(
-        self, connectors: Connectors, secret: Mapping[str, str], timeout: float
+        self, connectors: Connectors, secret: Mapping[str, str], timeout: float, session_name: str
     ) -> MongoSession:
         """A client; it connects on first use."""
         return await connectors.mongo(secret, timeout)
@@ -109,9 +142,9 @@ class MongodbHookType(ServiceHookType[MongoSession]):
     async def bind(
         self, ctx: HookContext, service: ServiceTarget, session: MongoSession, path: str
     ) -> MongoLock:
-        """Ping: the server answers and takes the credentials."""
+        """Ping: the server answers and takes the credentials; note whether it is locked now."""
         await session.ping()
-        return MongoLock(ctx, service, session)
+        return MongoLock(ctx, service, session, locked_before=await session.is_locked())
 
     async def recover(
         self, ctx: HookContext, key: str, record: UndoRecord, side_effect_done: bool

@@ -43,6 +43,10 @@ class PostgresBackup(BoundService[PostgresSession]):
         """The backup label, known before acting."""
         return {"label": self.label}
 
+    def quiesce_record(self) -> UndoRecord:
+        """How a repair finds and closes the group's session if the group vanishes."""
+        return {**self.connection_record(), "sessionName": self.ctx.session_name}
+
     async def apply(self) -> UndoRecord:
         """Enter backup mode (with a fast checkpoint); record the start LSN."""
         start = await self.session.backup_start(self.label)
@@ -94,10 +98,10 @@ class PostgresqlHookType(ServiceHookType[PostgresSession]):
     secret_layouts = (("uri",), ("host", "username|user", "password"))
 
     async def connect(
-        self, connectors: Connectors, secret: Mapping[str, str], timeout: float
+        self, connectors: Connectors, secret: Mapping[str, str], timeout: float, session_name: str
     ) -> PostgresSession:
-        """One session, to be held through the freeze window."""
-        return await connectors.postgres(secret, timeout)
+        """One session, to be held through the freeze window, named after the group."""
+        return await connectors.postgres(secret, timeout, session_name)
 
     async def bind(
         self, ctx: HookContext, service: ServiceTarget, session: PostgresSession, path: str
@@ -119,8 +123,17 @@ class PostgresqlHookType(ServiceHookType[PostgresSession]):
     async def recover(
         self, ctx: HookContext, key: str, record: UndoRecord, side_effect_done: bool
     ) -> str:
-        """Nothing runs on the server: the backup died with the previous operator's session."""
-        return (
-            "nothing to run on the server: a PostgreSQL backup is bound to the session that "
-            "started it, and that session ended with the previous operator process"
-        )
+        """Close any session of the group still open on the server: its backup ends with it.
+
+        After an operator crash that session died with the process; a session left behind by a
+        run that ended without closing it is found by its application_name and terminated.
+        """
+        session = await self.reconnect(ctx, key, record)
+        try:
+            closed = await session.terminate_sessions(ctx.session_name)
+        finally:
+            await session.close()
+        if closed:
+            return f"closed {closed} session(s) of the group left open; their backup ended with them"
+        return ("no session of the group is open on the server: a PostgreSQL backup is bound "
+                "to the session that started it, and that session has ended")

@@ -70,6 +70,19 @@ class HookContext:
     """Monotonic time by which the freeze window must be closed."""
     waits: WaitClock = field(default_factory=WaitClock)
     """Where hooks and the protocol account for time spent waiting on others."""
+    operator_id: str = "snapgroup"
+    """Identity of the operator process running the group (pod name), for Lease holders."""
+
+    @property
+    def qualified(self) -> str:
+        """``<namespace>/<group>/<uid>``: the group, as written on what it isolates or quiesces."""
+        return f"{self.namespace}/{self.group}/{self.group_uid}"
+
+    @property
+    def session_name(self) -> str:
+        """How the group's database sessions introduce themselves (PostgreSQL application_name),
+        so a session left behind can be found on the server and closed."""
+        return f"snapgroup:{self.group_uid}"
 
 
 class BoundHook(ABC):
@@ -80,9 +93,22 @@ class BoundHook(ABC):
     type: str
     """Registered hook type name."""
 
+    apply_timeout: float | None = None
+    """Longest time one apply (and one undo) may take; None: bounded by the freeze budget only."""
+
     def intent(self) -> UndoRecord:
         """What the undo needs, as far as known before acting; journaled before apply."""
         return {}
+
+    def targets(self) -> list[str]:
+        """Exclusion keys of what this hook touches (``workload:Kind/name``, ``server:...``):
+        two groups never hold the same key at once."""
+        return []
+
+    def quiesce_record(self) -> UndoRecord | None:
+        """What a repair needs if the group vanishes while this hook may be applied, kept on the
+        exclusion Lease of the hook's server (its first target); None: nothing to keep there."""
+        return None
 
     @abstractmethod
     async def apply(self) -> UndoRecord:

@@ -111,12 +111,17 @@ async def read_secret(
 class BoundService(ServiceHook, Generic[SessionT]):
     """A service hook bound to one entry of spec.services, holding its open session."""
 
-    def __init__(self, ctx: HookContext, service: ServiceTarget, session: SessionT) -> None:
+    def __init__(
+        self, ctx: HookContext, service: ServiceTarget, session: SessionT, server: str = ""
+    ) -> None:
         self.key = f"service:{service.name}"
         self.type = service.type
         self.ctx = ctx
         self.service = service
         self.session = session
+        self.server = server
+        """Where the server is (``host:port``), read from the Secret: two groups never quiesce
+        one server at once."""
         self.reader: SessionT = session
         """The session that reads the newest record: the quiesce session, or one of its own
         (lastRecord.secretRef)."""
@@ -124,6 +129,10 @@ class BoundService(ServiceHook, Generic[SessionT]):
         """Problems the plan found that do not stop the group (e.g. an unindexed column)."""
         self._evidence: dict[str, str] = {}
         self._released = False
+
+    def targets(self) -> list[str]:
+        """The database server, as an exclusion key."""
+        return [f"server:{self.type}/{self.server or self.service.name}"]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key}>"
@@ -179,9 +188,10 @@ class ServiceHookType(HookType[ServiceTarget], Generic[SessionT]):
 
     @abstractmethod
     async def connect(
-        self, connectors: Connectors, secret: Mapping[str, str], timeout: float
+        self, connectors: Connectors, secret: Mapping[str, str], timeout: float, session_name: str
     ) -> SessionT:
-        """Open a session with the Secret's data; StepError on failure."""
+        """Open a session with the Secret's data, named session_name where the server shows
+        names; StepError on failure."""
 
     @abstractmethod
     async def bind(
@@ -194,12 +204,14 @@ class ServiceHookType(HookType[ServiceTarget], Generic[SessionT]):
         secret_name = params.connection.secret_ref.name
         secret = await read_secret(ctx, secret_name, path, self.name, self.secret_layouts)
         try:
-            session = await self.connect(ctx.connectors, secret, call_timeout(params))
+            session = await self.connect(
+                ctx.connectors, secret, call_timeout(params), ctx.session_name)
         except StepError as exc:
             raise plan_error(exc, path, secret_name) from None
         hook: BoundService[SessionT] | None = None
         try:
             hook = await self.bind(ctx, params, session, path)
+            hook.server = server_address(secret)
             if params.last_record is not None:
                 await self._attach_reader(ctx, hook, params.last_record, path)
                 await hook.check_last_record(params.last_record, path)
@@ -222,7 +234,8 @@ class ServiceHookType(HookType[ServiceTarget], Generic[SessionT]):
         name, field = last_record.secret_ref.name, "lastRecord.secretRef.name"
         secret = await read_secret(ctx, name, path, self.name, self.secret_layouts, field)
         try:
-            hook.reader = await self.connect(ctx.connectors, secret, call_timeout(hook.service))
+            hook.reader = await self.connect(
+                ctx.connectors, secret, call_timeout(hook.service), ctx.session_name)
         except StepError as exc:
             raise plan_error(exc, path, name, field) from None
 
@@ -242,7 +255,19 @@ class ServiceHookType(HookType[ServiceTarget], Generic[SessionT]):
             secret = await read_secret(ctx, name, key, self.name, self.secret_layouts)
         except PlanError as exc:
             raise StepError(exc.reason, exc.message) from None
-        return await self.connect(ctx.connectors, secret, float(timeout))
+        return await self.connect(ctx.connectors, secret, float(timeout), "snapgroup")
+
+
+def server_address(secret: Mapping[str, str]) -> str:
+    """Where a Secret says its server is, without credentials: ``host:port`` (lower case)."""
+    uri = secret.get("uri") or secret.get("endpoint") or ""
+    if uri:
+        authority = uri.partition("://")[2] if "://" in uri else uri
+        authority = authority.partition("/")[0].partition("?")[0]
+        return authority.rpartition("@")[2].lower()
+    host = secret.get("host", "").lower()
+    port = secret.get("port", "")
+    return f"{host}:{port}" if port else host
 
 
 def journal_int(record: Mapping[str, Any], key: str) -> int | None:

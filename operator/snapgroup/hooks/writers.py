@@ -9,9 +9,7 @@ autoscaler: a workload whose replicas changed while isolated keeps them.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -118,6 +116,10 @@ class IsolatedWriter(BoundHook):
         """Everything the undo needs is known before acting."""
         return {"kind": self.kind, "name": self.name, "originalReplicas": self.original_replicas}
 
+    def targets(self) -> list[str]:
+        """The workload, as an exclusion key."""
+        return [writer_key(self.kind, self.name).replace(KEY_PREFIX, "workload:", 1)]
+
     async def apply(self) -> UndoRecord:
         """Scale to zero with the journal annotations in one patch, then wait for the pods to go.
 
@@ -190,10 +192,10 @@ async def restore_workload(
                 "kept that count and removed the isolation annotations"
             )
         if original_replicas is None:
-            return (
+            raise StepError(
+                "OriginalReplicasUnknown",
                 f"{what} is at 0 replicas and its original count is unknown; left at 0: "
-                f"set its replicas and remove the {ISOLATED_BY} annotation"
-            )
+                f"set its replicas and remove the {ISOLATED_BY} annotation")
         await cluster.scale(
             workload.kind, workload.namespace, workload.name, original_replicas, _OUR_ANNOTATIONS
         )
@@ -201,28 +203,22 @@ async def restore_workload(
         if err.reason == "WorkloadNotFound":
             return f"{what} no longer exists; nothing to restore"
         raise
+    await _check_restored(cluster, workload, holder, original_replicas)
     return f"{what} scaled back to {original_replicas} replicas"
 
 
-async def restore_orphans(
-    cluster: Cluster, is_live: Callable[[str, str, str], Awaitable[bool]]
-) -> list[str]:
-    """Restore workloads isolated by a SnapshotGroup that is gone or finished.
-
-    ``is_live(namespace, name, uid)`` says whether that group still exists with that uid and
-    is not terminal. Run at operator start; returns what was done, one sentence per workload.
-    """
-    async def restore_if_orphaned(workload: WorkloadInfo) -> str | None:
-        holder = workload.annotations.get(ISOLATED_BY, "")
-        parts = holder.split("/")
-        if len(parts) == 3 and all(parts) and await is_live(*parts):
-            return None
-        # A value we cannot parse names no group that could still restore it.
-        return await restore_workload(cluster, workload, holder, None)
-
-    workloads = await cluster.list_annotated_workloads(ISOLATED_BY)
-    outcomes = await asyncio.gather(*(restore_if_orphaned(w) for w in workloads))
-    return [outcome for outcome in outcomes if outcome is not None]
+async def _check_restored(
+    cluster: Cluster, workload: WorkloadInfo, holder: str, replicas: int
+) -> None:
+    """Read the workload back: restored means not held by us and not at zero (unless it was)."""
+    now = await cluster.get_workload(workload.kind, workload.namespace, workload.name)
+    if now is None:
+        return
+    if now.annotations.get(ISOLATED_BY) == holder or (now.replicas == 0 and replicas != 0):
+        raise StepError(
+            "RestoreNotConfirmed",
+            f"{workload.kind} {workload.name} still shows {now.replicas} replicas and "
+            f"{ISOLATED_BY}={now.annotations.get(ISOLATED_BY)!r} after being scaled back")
 
 
 def _replicas_before_isolation(workload: WorkloadInfo, me: str) -> int:

@@ -1,98 +1,133 @@
 """Mutual exclusion of groups over shared targets, by coordination.k8s.io Leases.
 
-Each writer workload and each claim a group names is a target with a Lease of its own in the
-group's namespace (a label selector is a target of its own). A group takes all of its targets'
-Leases (in one global order, so two groups never wait on each other) before it plans, so its plan
-sees the targets as nobody else holds them, and gives them back after the thaw.
-Groups over disjoint targets never meet; a group whose targets are held waits, visibly, and runs
-after. Leases work across operator replicas; one that outlives a crashed holder expires.
+A target is what a plan resolved, not what the spec says: each workload a group would isolate
+(by name or matched by a selector), each claim it would snapshot, and each database server it
+would quiesce has a Lease of its own in the group's namespace. A group takes all of its targets'
+Leases (in one global order, so two groups never wait on each other), renews them while it holds
+them, and gives them back after the thaw. Groups over disjoint targets never meet; a group whose
+targets are held waits, visibly, and runs after. A Lease that outlives a crashed holder expires,
+except a server's Lease that still carries a quiesce record: that server is not known to be
+resumed, and the safety net repairs it first.
+
+The holder identity is ``<group>/<uid>@<operator>``: which group, run by which operator process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import hashlib
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
-from snapgroup.api.snapshotgroup import SnapshotGroupSpec
+from snapgroup.api.labels import LEASE_LABEL, lease_name
 from snapgroup.hooks.registry import HookContext
 from snapgroup.orchestration.journal import Journal
 from snapgroup.ports import StepError
 
-LEASE_MARGIN_SECONDS = 30
-"""Beyond the freeze budget, how long a Lease outlives a holder that crashed."""
+log = logging.getLogger("snapgroup.exclusion")
+
+LEASE_SECONDS = 30
+"""How long a Lease outlives a holder that stopped renewing it."""
+RENEW_EVERY = 10.0
+"""Seconds between renewals of the Leases a group holds."""
 WAIT_SLICE_SECONDS = 5.0
 """Longest single wait on a held Lease before looking again (a holder may expire silently)."""
 
 
-def target_keys(spec: SnapshotGroupSpec) -> list[str]:
-    """Everything a group would freeze, as stable keys, in the one global order."""
-    keys = {f"writer:{w.describe()}" for w in spec.writers}
-    for svc in spec.services:
-        if svc.pvcs is not None:
-            keys |= {f"pvc:{p}" for p in svc.pvcs}
-        elif svc.pvc_selector is not None:
-            keys.add(f"pvc:[{svc.pvc_selector.as_query()}]")
-    return sorted(keys)
+def holder_of(ctx: HookContext) -> str:
+    """The Lease holder identity of a group run: ``<group>/<uid>@<operator>``."""
+    return f"{ctx.group}/{ctx.group_uid}@{ctx.operator_id}"
 
 
-def lease_name(key: str) -> str:
-    """A Lease name for a target: short, valid, stable."""
-    return "snapgroup-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+def group_of(holder: str) -> str:
+    """The group's name in a holder identity."""
+    return holder.split("/", 1)[0]
 
 
 @asynccontextmanager
 async def exclusive_targets(
-    ctx: HookContext, journal: Journal, spec: SnapshotGroupSpec, wait_timeout: float
+    ctx: HookContext, journal: Journal, keys: Iterable[str], wait_timeout: float,
+    on_lost: Callable[[str], None],
 ) -> AsyncIterator[None]:
-    """Hold every target's Lease for the body; wait (with a Waiting condition) while one is held."""
-    holder = f"{ctx.group}/{ctx.group_uid}"
-    names = [lease_name(k) for k in target_keys(spec)]
-    budget_seconds = spec.freeze_budget_delta.total_seconds()
-    seconds = int(budget_seconds) + LEASE_MARGIN_SECONDS
+    """Hold every target's Lease for the body, renewed; wait (Waiting condition) while one is held.
+
+    on_lost is called with the new holder if another holder takes a Lease over meanwhile (this
+    run stopped renewing for longer than a Lease lasts); the caller then stops its window.
+    """
+    holder = holder_of(ctx)
+    targets = sorted(set(keys))
     deadline = time.monotonic() + wait_timeout
     waited = False
     while True:
-        taken: list[str] = []
-        busy: tuple[str, str] | None = None
-        for name in names:
-            other = await ctx.cluster.acquire_lease(ctx.namespace, name, holder, seconds)
-            if other is not None:
-                busy = (name, other)
-                break
-            taken.append(name)
+        busy = await _take_all(ctx, holder, targets)
         if busy is None:
             break
-        for name in taken:
-            await ctx.cluster.release_lease(ctx.namespace, name, holder)
         if not waited:
             waited = True
-            other_group = busy[1].split("/")[0]
+            other = group_of(busy[1])
             journal.condition("Waiting", "True", "TargetsBusy",
-                              f"SnapshotGroup {other_group} holds a writer or volume of this group; "
-                              "this group runs when it is done")
-            journal.status.message = f"waiting for SnapshotGroup {other_group}"
+                              f"SnapshotGroup {other} holds a writer, volume or database server of "
+                              "this group; this group runs when it is done")
+            journal.status.message = f"waiting for SnapshotGroup {other}"
             await journal.flush()
             journal.event("Normal", "Waiting", journal.status.message)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise StepError("TargetsBusy", f"targets still held by {busy[1].split('/')[0]} "
+            raise StepError("TargetsBusy", f"targets still held by {group_of(busy[1])} "
                             f"after waiting {wait_timeout:.0f}s")
-        await ctx.cluster.wait_lease_change(ctx.namespace, busy[0], min(remaining, WAIT_SLICE_SECONDS))
+        await ctx.cluster.wait_lease_change(ctx.namespace, lease_name(busy[0]),
+                                            min(remaining, WAIT_SLICE_SECONDS))
     if waited:
         journal.condition("Waiting", "False", "TargetsFree", "the targets are free")
+    renewal = asyncio.create_task(_renew(ctx, holder, targets, on_lost),
+                                  name=f"renew leases of {ctx.qualified}")
     try:
         yield
     finally:
-        await release_targets(ctx, spec)
+        renewal.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewal
+        await release_targets(ctx, targets)
 
 
-async def release_targets(ctx: HookContext, spec: SnapshotGroupSpec) -> None:
+async def _take_all(ctx: HookContext, holder: str, targets: list[str]) -> tuple[str, str] | None:
+    """Take every Lease; on the first one held by another, give back what was taken."""
+    taken: list[str] = []
+    for key in targets:
+        other = await ctx.cluster.acquire_lease(
+            ctx.namespace, lease_name(key), holder, LEASE_SECONDS,
+            labels={LEASE_LABEL: key.split(":", 1)[0]},
+        )
+        if other is not None:
+            await release_targets(ctx, taken)
+            return key, other
+        taken.append(key)
+    return None
+
+
+async def _renew(
+    ctx: HookContext, holder: str, targets: list[str], on_lost: Callable[[str], None]
+) -> None:
+    while True:
+        await asyncio.sleep(RENEW_EVERY)  # renewal period: the Leases last LEASE_SECONDS
+        for key in targets:
+            try:
+                other = await ctx.cluster.acquire_lease(
+                    ctx.namespace, lease_name(key), holder, LEASE_SECONDS)
+            except StepError as exc:  # an API outage: try again next period
+                log.warning("%s: Lease of %s not renewed: %s", ctx.qualified, key, exc.message)
+                continue
+            if other is not None:
+                on_lost(other)
+                return
+
+
+async def release_targets(ctx: HookContext, keys: Iterable[str]) -> None:
     """Give back every target Lease the group holds (after a run, or after recovering one)."""
-    holder = f"{ctx.group}/{ctx.group_uid}"
-    for key in target_keys(spec):
-        # An unreleased Lease expires on its own after the budget plus margin.
+    holder = holder_of(ctx)
+    for key in keys:
+        # An unreleased Lease expires on its own; one with a quiesce record stays for the repair.
         with contextlib.suppress(StepError):
             await ctx.cluster.release_lease(ctx.namespace, lease_name(key), holder)

@@ -1,4 +1,5 @@
-"""Runs groups: one run at a time per group, recovery of interrupted runs, aborts on deletion."""
+"""Runs groups: one run at a time per group, attempts and their retries, recovery of interrupted
+runs, aborts on deletion and shutdown."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from snapgroup.api.snapshotgroup import Phase, SnapshotGroupSpec, SnapshotGroupStatus
+from snapgroup.api.snapshotgroup import HookState, Phase, SnapshotGroupSpec, SnapshotGroupStatus
 from snapgroup.hooks.registry import HookContext
 from snapgroup.orchestration.exclusion import release_targets
 from snapgroup.orchestration.journal import GroupRef, Journal
-from snapgroup.orchestration.protocol import READY_TIMEOUT, GroupRun
+from snapgroup.orchestration.protocol import READY_TIMEOUT, Failure, GroupRun
 from snapgroup.orchestration.recovery import discard_snapshots, undo_journal
 from snapgroup.orchestration.snapshots import group_selector
+from snapgroup.orchestration.window import uncancellable
 from snapgroup.ports import Cluster, Connectors
 
 log = logging.getLogger("snapgroup.groups")
@@ -25,6 +27,11 @@ MAX_WINDOWS = 8
 """Default bound on freeze windows open at once: each window's length stays close to a lone
 group's when many groups start together (writers drain and snapshots are cut with less
 contention), and later groups wait with nothing frozen."""
+RETRY_DELAY = 5.0
+"""Pause before the second attempt; it doubles for each further one (capped at RETRY_DELAY_MAX)."""
+RETRY_DELAY_MAX = 300.0
+DELETE_WAIT = 5.0
+"""How long the delete handler waits for a run to stop before it asks kopf to call again."""
 
 
 class GroupRunner:
@@ -32,16 +39,21 @@ class GroupRunner:
 
     def __init__(
         self, cluster: Cluster, connectors: Connectors, ready_timeout: float = READY_TIMEOUT,
-        max_windows: int = MAX_WINDOWS,
+        max_windows: int = MAX_WINDOWS, retry_delay: float = RETRY_DELAY,
+        operator_id: str = "snapgroup",
     ) -> None:
         self.window_slots = asyncio.Semaphore(max_windows)
         """Freeze windows open at once, operator-wide."""
         self.cluster = cluster
         self.connectors = connectors
         self.ready_timeout = ready_timeout
+        self.retry_delay = retry_delay
+        self.operator_id = operator_id
         self.runs: dict[str, GroupRun] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._busy: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._deleting: set[str] = set()
+        self._stopping = False
 
     @asynccontextmanager
     async def _exclusive(self, uid: str) -> AsyncIterator[None]:
@@ -61,7 +73,7 @@ class GroupRunner:
     def _context(self, ref: GroupRef) -> HookContext:
         return HookContext(
             namespace=ref.namespace, group=ref.name, group_uid=ref.uid,
-            cluster=self.cluster, connectors=self.connectors,
+            cluster=self.cluster, connectors=self.connectors, operator_id=self.operator_id,
         )
 
     def start(self, ref: GroupRef, spec: dict[str, Any], status: dict[str, Any]) -> None:
@@ -70,7 +82,7 @@ class GroupRunner:
         (kopf handles one event of an object at a time: a deletion would wait behind a
         handler that runs the whole protocol.)
         """
-        if ref.uid in self.tasks:
+        if ref.uid in self.tasks or self._stopping:
             return
         task = asyncio.create_task(self.reconcile(ref, spec, status), name=f"group {ref.qualified}")
         self.tasks[ref.uid] = task
@@ -82,9 +94,16 @@ class GroupRunner:
             log.error("group %s/%s: run failed", ref.namespace, ref.name, exc_info=task.exception())
 
     async def stop(self, timeout: float) -> None:
-        """The operator is stopping: thaw every open window, then let the runs end."""
-        for run in list(self.runs.values()):
-            run.abort("OperatorStopping", "the operator stopped during the group's freeze window")
+        """The operator is stopping: thaw every open window, leave queued groups untouched, and
+        let the runs end; the next operator (a standby, or this one restarted) goes on."""
+        self._stopping = True
+        for uid, task in list(self.tasks.items()):
+            run = self.runs.get(uid)
+            if run is not None and run.in_window:
+                run.abort("OperatorStopping",
+                          "the operator stopped during the group's freeze window", retriable=True)
+            else:
+                task.cancel()
         if self.tasks:
             await asyncio.wait(list(self.tasks.values()), timeout=timeout)
 
@@ -95,7 +114,6 @@ class GroupRunner:
             if current.phase.terminal:
                 return
             journal = Journal(self.cluster, ref, current)
-            ctx = self._context(ref)
             try:
                 parsed = SnapshotGroupSpec.model_validate(spec)
             except ValidationError as exc:
@@ -103,59 +121,104 @@ class GroupRunner:
                 where = ".".join(str(p) for p in first["loc"])
                 await journal.fail("InvalidSpec", f"spec.{where}: {first['msg']}; nothing was touched")
                 return
-            run = GroupRun(ctx, journal, parsed, self.ready_timeout, window_slots=self.window_slots)
-            if current.phase == Phase.FINALIZING:
-                # The window had closed and everything was resumed: only readiness is left.
-                await run.finalize()
-                return
-            if current.start_time is not None:
-                await self._recover(ctx, journal, parsed)
-                return
-            self.runs[ref.uid] = run
             try:
-                await run.run()
-            finally:
-                self.runs.pop(ref.uid, None)
+                await self._attempts(ref, journal, parsed)
+            except asyncio.CancelledError:
+                if ref.uid not in self._deleting:
+                    raise  # the operator is stopping: the next one goes on from the journal
+                when = "between two attempts" if journal.status.attempts else "before it froze anything"
+                await journal.fail("GroupDeleted", f"the SnapshotGroup was deleted {when}; "
+                                   "nothing is frozen")
 
-    async def _recover(
-        self, ctx: HookContext, journal: Journal, spec: SnapshotGroupSpec | None
-    ) -> None:
+    async def _attempts(self, ref: GroupRef, journal: Journal, spec: SnapshotGroupSpec) -> None:
+        """The current attempt (recovered, finishing, or new), then retries within backoffLimit."""
+        ctx = self._context(ref)
+        status = journal.status
+        if status.phase == Phase.FINALIZING:
+            # The window had closed and everything was resumed: only readiness is left.
+            failure = await self._run(ref, journal, spec, finalize_only=True)
+        elif status.start_time is not None and (status.hooks or status.services):
+            failure = await uncancellable(self._recover(ctx, journal))
+        else:
+            # New, or interrupted before touching anything: (re)start the attempt.
+            failure = await self._run(ref, journal, spec)
+        while failure is not None:
+            if self._stopping and failure.retriable and status.attempt <= spec.backoff_limit:
+                # Everything was undone; the next operator process makes the next attempt.
+                await journal.next_attempt(failure.reason, failure.message, 0.0)
+                return
+            if not failure.retriable or status.attempt > spec.backoff_limit or self._stopping:
+                tried = f" (attempt {status.attempt} of {spec.backoff_limit + 1})" \
+                    if status.attempts else ""
+                await journal.fail(failure.reason, failure.message + tried)
+                return
+            delay = min(self.retry_delay * 2 ** len(status.attempts), RETRY_DELAY_MAX)
+            await journal.next_attempt(failure.reason, failure.message, delay)
+            await asyncio.sleep(delay)  # Job-like backoff between attempts
+            failure = await self._run(ref, journal, spec)
+
+    async def _run(
+        self, ref: GroupRef, journal: Journal, spec: SnapshotGroupSpec, finalize_only: bool = False
+    ) -> Failure | None:
+        run = GroupRun(self._context(ref), journal, spec, self.ready_timeout,
+                       window_slots=self.window_slots)
+        self.runs[ref.uid] = run
+        try:
+            return await (run.finalize() if finalize_only else run.run())
+        finally:
+            self.runs.pop(ref.uid, None)
+
+    async def _recover(self, ctx: HookContext, journal: Journal) -> Failure:
+        """Undo what an interrupted attempt's journal says may have been applied."""
+        phase = journal.status.phase.value
         undone = await undo_journal(ctx, journal)
         discarded = await discard_snapshots(ctx, journal)
-        if spec is not None:
-            await release_targets(ctx, spec)
+        await release_targets(ctx, journal.status.targets)
+        held = [h.name for h in journal.status.hooks if h.state == HookState.FAILED and h.stage == "Post"]
         summary = "; ".join(undone) or "nothing had been applied"
-        await journal.fail(
+        return Failure(
             "OperatorRestarted",
-            f"the operator restarted during the group (phase {journal.status.phase.value}); "
-            f"undone: {summary}; {discarded} snapshot(s) of the interrupted run deleted",
+            f"the operator restarted during the group (phase {phase}); undone: {summary}; "
+            f"{discarded} snapshot(s) of the interrupted attempt deleted",
+            retriable=not held,
         )
 
-    async def deleted(self, ref: GroupRef, spec: dict[str, Any], status: dict[str, Any]) -> None:
-        """The group is being deleted: abort a running window and wait until it has thawed.
+    async def deleted(self, ref: GroupRef, spec: dict[str, Any], status: dict[str, Any]) -> bool:
+        """The group is being deleted: stop its run (thawing an open window) and clean up.
 
-        A group interrupted by an operator crash and deleted while the operator was down is
-        recovered here, since nothing else will see it again.
+        Returns False when the run is still thawing after DELETE_WAIT seconds: call again
+        later. A group interrupted by an operator crash and deleted while the operator was down
+        is recovered here, since nothing else will see it again.
         """
+        self._deleting.add(ref.uid)
+        task = self.tasks.get(ref.uid)
         run = self.runs.get(ref.uid)
         if run is not None:
             run.abort("GroupDeleted", "the SnapshotGroup was deleted during its run")
+        elif task is not None:
+            task.cancel()  # between attempts: nothing is frozen
+        if task is not None:
+            await asyncio.wait({task}, timeout=DELETE_WAIT)
+            if not task.done():
+                return False
         async with self._exclusive(ref.uid):
             if spec.get("snapshotDeletionPolicy") == "Retain":
                 await self._retain_snapshots(ref)
-            if run is not None or self.is_terminal(status):
-                return
+            if task is not None or self.is_terminal(status):
+                self._deleting.discard(ref.uid)
+                return True
             current = SnapshotGroupStatus.model_validate(status or {})
             if current.start_time is not None:
-                try:
-                    parsed: SnapshotGroupSpec | None = SnapshotGroupSpec.model_validate(spec)
-                except ValidationError:
-                    parsed = None  # it never ran, so it holds no Lease
-                await self._recover(self._context(ref), Journal(self.cluster, ref, current), parsed)
+                ctx = self._context(ref)
+                journal = Journal(self.cluster, ref, current)
+                failure = await uncancellable(self._recover(ctx, journal))
+                await journal.fail(failure.reason, failure.message)
+        self._deleting.discard(ref.uid)
+        return True
 
     async def _retain_snapshots(self, ref: GroupRef) -> None:
         """snapshotDeletionPolicy Retain: the group's snapshots stay when it goes."""
-        snapshots = await self.cluster.list_snapshots(ref.namespace, group_selector(ref.name))
+        snapshots = await self.cluster.list_snapshots(ref.namespace, group_selector(ref.uid))
         for snap in snapshots:
             await self.cluster.orphan_snapshot(ref.namespace, snap.name)
 

@@ -11,7 +11,13 @@ from typing import Any
 
 from snapgroup import metrics
 from snapgroup.api.base import Condition, ConditionStatus
-from snapgroup.api.snapshotgroup import HookState, HookStatus, Phase, SnapshotGroupStatus
+from snapgroup.api.snapshotgroup import (
+    AttemptStatus,
+    HookState,
+    HookStatus,
+    Phase,
+    SnapshotGroupStatus,
+)
 from snapgroup.ports import Cluster, EventType
 
 log = logging.getLogger("snapgroup.journal")
@@ -122,7 +128,11 @@ class Journal:
         return entry
 
     async def fail(self, reason: str, message: str) -> None:
-        """End the group as Failed with a reason, in the status and in an Event."""
+        """End the group as Failed with a reason, in the status and in an Event.
+
+        A group that vanished meanwhile (its finalizer removed by hand) cannot be written any
+        more: that is logged, never raised, since everything it held was already undone.
+        """
         self.condition("Succeeded", "False", reason, message)
         for type_ in CONDITION_TYPES:
             if self.condition_status(type_) == "Unknown":
@@ -130,9 +140,37 @@ class Journal:
         self.phase(Phase.FAILED, f"{reason}: {message}")
         metrics.GROUPS.labels("Failed", reason).inc()
         self.status.completion_time = now()
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as exc:
+            log.warning("%s/%s: final status not written (%s): %s: %s",
+                        self.ref.namespace, self.ref.name, exc, reason, message)
         self.event("Warning", reason, message)
         await self.drain_events()
+
+    async def next_attempt(self, reason: str, message: str, delay: float) -> None:
+        """Close the current attempt as failed (it was undone) and start the journal afresh.
+
+        The finished attempt keeps its reason and message in status.attempts; the journal, the
+        services and writers of the new attempt start empty.
+        """
+        status = self.status
+        status.attempts.append(AttemptStatus(
+            number=status.attempt, start_time=status.start_time, completion_time=now(),
+            reason=reason, message=message,
+        ))
+        status.attempt += 1
+        status.hooks, status.services, status.writers, status.targets = [], [], [], []
+        status.freeze = status.earliest_snapshot_time = status.snapshots_ready = None
+        status.consistent = None
+        status.start_time = None
+        for type_ in CONDITION_TYPES:
+            self.condition(type_, "Unknown", "Retrying", f"attempt {status.attempt} pending")
+        self.phase(Phase.PENDING, f"attempt {status.attempt - 1} failed ({reason}); "
+                   f"attempt {status.attempt} in {delay:g}s")
+        await self.flush()
+        self.event("Warning", "Retrying", f"attempt {status.attempt - 1} failed and was undone "
+                   f"({reason}: {message}); attempt {status.attempt} in {delay:g}s")
 
     def event(self, event_type: EventType, reason: str, message: str) -> None:
         """Record an Event without holding up the caller (Events are not the journal)."""

@@ -8,8 +8,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from snapgroup.api.base import parse_duration
 from snapgroup.api.snapshotgroup import HookStep, ServiceTarget, SnapshotGroupSpec
 from snapgroup.hooks.registry import BoundHook, HookContext, ServiceHook, lookup
+from snapgroup.orchestration.snapshots import snapshot_name
 from snapgroup.ports import PlanError, StepError
 
 WRITER_HOOK_TYPE = "scale"
@@ -57,6 +59,12 @@ class Plan:
         """Every bound hook of the plan."""
         hooks = [*self.writers, *(s.hook for s in self.services)]
         return hooks + [h for s in self.steps for h in s.hooks]
+
+    def targets(self) -> list[str]:
+        """Exclusion keys of everything the window would touch: workloads, claims, servers."""
+        keys = {key for hook in self.bound_hooks() for key in hook.targets()}
+        keys.update(f"pvc:{pvc}" for s in self.services for pvc in s.pvcs)
+        return sorted(keys)
 
     async def release(self) -> None:
         """Close every session the plan opened."""
@@ -127,7 +135,23 @@ async def _resolve_pvcs(
     return [c.name for c in found]
 
 
-async def make_plan(ctx: HookContext, spec: SnapshotGroupSpec) -> Plan:
+async def _snapshot_names_free(
+    ctx: HookContext, service: str, pvcs: list[str], path: str, attempt: int
+) -> None:
+    """Refuse names of VolumeSnapshots that exist and belong to somebody else: never adopted."""
+    names = [snapshot_name(ctx.group, service, pvc, attempt) for pvc in pvcs]
+    found = await asyncio.gather(*(ctx.cluster.get_snapshot(ctx.namespace, n) for n in names))
+    taken = [n for n, info in zip(names, found, strict=True)
+             if info is not None and info.owner_uid != ctx.group_uid]
+    if taken:
+        raise PlanError(
+            "SnapshotNameTaken", f"{path}.name",
+            f"VolumeSnapshot {', '.join(taken)} already exists in {ctx.namespace} and belongs to "
+            "another SnapshotGroup (or to nobody); it is left alone: delete it, or name this "
+            "group or service differently")
+
+
+async def make_plan(ctx: HookContext, spec: SnapshotGroupSpec, attempt: int = 1) -> Plan:
     """Check everything the group needs; collect every problem rather than stop at the first.
 
     Nothing is changed: claims, Secrets, workloads and the snapshot class are read, database
@@ -162,6 +186,11 @@ async def make_plan(ctx: HookContext, spec: SnapshotGroupSpec) -> Plan:
                 await asyncio.gather(*(h.release() for h in hooks), return_exceptions=True)
             raise ExceptionGroup("service problems", failures)
         assert isinstance(pvcs, list) and isinstance(hooks, list)
+        try:
+            await _snapshot_names_free(ctx, target.name, pvcs, path, attempt)
+        except PlanError:
+            await asyncio.gather(*(h.release() for h in hooks), return_exceptions=True)
+            raise
         hook = hooks[0]
         assert isinstance(hook, ServiceHook)
         return PlannedService(target=target, pvcs=pvcs, hook=hook)
@@ -169,6 +198,8 @@ async def make_plan(ctx: HookContext, spec: SnapshotGroupSpec) -> Plan:
     async def step(stage: str, i: int, item: HookStep) -> PlannedStep:
         path = f"spec.hooks.{stage.lower()}[{i}]"
         hooks = await _bind(ctx, item.type, item.params, f"{path}.params", f"{path}.type")
+        for hook in hooks:
+            hook.apply_timeout = parse_duration(item.timeout).total_seconds()
         return PlannedStep(step=item, stage=stage, hooks=hooks)
 
     writers = asyncio.gather(*(writer(i) for i in range(len(spec.writers))),

@@ -1,11 +1,13 @@
-"""The freeze-window protocol of one SnapshotGroup, as an explicit sequence of steps.
+"""The freeze-window protocol of one SnapshotGroup attempt, as an explicit sequence of steps.
 
-plan (no side effects) -> isolate writers -> quiesce services -> pre hooks -> cut every snapshot
-concurrently and wait for creationTime -> record newest records while frozen -> post hooks ->
-resume in reverse (always) -> wait for readyToUse outside the window -> verdict.
+plan (no side effects) -> take the resolved targets' Leases -> plan again under them -> isolate
+writers -> quiesce services -> pre hooks -> cut every snapshot concurrently and wait for
+creationTime -> record newest records while frozen -> post hooks -> thaw (always) -> wait for
+readyToUse outside the window -> verdict.
 
-Every side effect is journaled in the status before it happens; whatever was applied is undone,
-whatever failed; the freeze budget bounds everything from the first isolation to the last resume.
+The window is a `Window`: every side effect is registered for undo before it starts, and one thaw
+undoes whatever started; the freeze budget bounds everything from the first isolation to the
+thaw. An attempt that fails is undone; whether it is retried is the group runner's decision.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -28,8 +30,8 @@ from snapgroup.api.snapshotgroup import (
     VolumeSnapshotStatus,
     WriterStatus,
 )
-from snapgroup.hooks.registry import BoundHook, HookContext, ServiceHook, UndoRecord
-from snapgroup.orchestration.exclusion import exclusive_targets
+from snapgroup.hooks.registry import HookContext
+from snapgroup.orchestration.exclusion import exclusive_targets, group_of
 from snapgroup.orchestration.journal import CONDITION_TYPES, Journal, now
 from snapgroup.orchestration.plan import Plan, PlannedService, make_plan
 from snapgroup.orchestration.snapshots import (
@@ -38,43 +40,38 @@ from snapgroup.orchestration.snapshots import (
     snapshot_manifest,
     snapshot_name,
 )
+from snapgroup.orchestration.window import Timings, Window, summarize_thaw, uncancellable
 from snapgroup.ports import SnapshotInfo, StepError
 
 log = logging.getLogger("snapgroup.protocol")
 
-UNDO_BACKOFF = (0.2, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
-"""Pauses between attempts of one undo: about 16 s in all, enough to ride out an API server
-restart, short enough that a broken target is reported rather than retried forever."""
-UNDO_ATTEMPTS = len(UNDO_BACKOFF) + 1
 BUDGET_SLACK = 0.5
 """Seconds before the deadline within which a timed-out wait counts as the budget running out."""
 WAIT_TIMEOUT = 3600.0
 """How long a group waits for another group holding its targets before it fails."""
 READY_TIMEOUT = 600.0
 """How long to wait for readyToUse after the window; uploads can be slow, nothing is frozen."""
+REPLANS = 3
+"""How often the targets may change between the first plan and the plan under their Leases."""
 
 
-@dataclass
-class Stage:
-    """Hooks applied together; undone together, stages in reverse order."""
+@dataclass(frozen=True)
+class Failure:
+    """Why an attempt failed, and whether another attempt may follow."""
 
-    name: str
-    applied: list[tuple[BoundHook, UndoRecord]] = field(default_factory=list)
+    reason: str
+    message: str
+    retriable: bool
+    """False for a bad spec, a deletion, or a thaw that left something held."""
 
 
-@dataclass
-class Timings:
-    """Where the freeze window went, for the benchmark and the logs."""
-
-    marks: dict[str, float] = field(default_factory=dict)
-
-    def mark(self, step: str, seconds: float) -> None:
-        """Add seconds to a step."""
-        self.marks[step] = self.marks.get(step, 0.0) + seconds
+PLAN_RETRIABLE = frozenset({"KubernetesApiError", "DatabaseUnreachable", "Timeout", "TargetsBusy",
+                            "LeaseContended"})
+"""Plan failures that say nothing about the spec: worth another attempt."""
 
 
 class GroupRun:
-    """One run of the protocol for one group."""
+    """One attempt of the protocol for one group."""
 
     def __init__(
         self, ctx: HookContext, journal: Journal, spec: SnapshotGroupSpec,
@@ -87,67 +84,127 @@ class GroupRun:
         self.journal = journal
         self.spec = spec
         self.ready_timeout = ready_timeout
-        self.stages: list[Stage] = []
         self.timings = Timings()
-        self._window: asyncio.Task[None] | None = None
-        self._abort_reason: StepError | None = None
+        self.window = Window(ctx, journal, self.timings)
+        self._window_task: asyncio.Task[None] | None = None
+        self._outer_task: asyncio.Task[Any] | None = None
+        self._abort: Failure | None = None
+        self.in_window = False
+        """True from the window's opening to the end of its thaw: an abort then thaws; outside
+        it nothing is frozen."""
+
+    @property
+    def attempt(self) -> int:
+        """The attempt this run is."""
+        return self.journal.status.attempt
 
     # -- entry points -------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Plan, freeze, cut, resume, finalize; the status tells the outcome."""
+    async def run(self) -> Failure | None:
+        """Plan, freeze, cut, thaw, finalize; None on success, else why it failed (already
+        undone). The status tells the outcome; a failure is not yet written as terminal."""
         j = self.journal
-        j.status.start_time = now()
+        j.status.start_time = j.status.start_time or now()
         j.phase(Phase.PENDING, "planning")
         for type_ in CONDITION_TYPES:
             j.condition(type_, "Unknown", "Pending", "not started yet")
         await j.flush()
+        return await self._abortable(self._plan_freeze_finalize())
 
+    async def finalize(self) -> Failure | None:
+        """Only what is left after the window: readiness and the verdict (abortable)."""
+        return await self._abortable(self._finalize())
+
+    async def _plan_freeze_finalize(self) -> Failure | None:
+        failure = await self._plan_and_freeze()
+        return failure if failure is not None else await self._finalize()
+
+    async def _abortable(self, steps: Coroutine[Any, Any, Failure | None]) -> Failure | None:
+        """Run steps so that `abort` outside the window stops them at once (nothing is frozen
+        then: before the window nothing was touched, after it everything was thawed)."""
+        self._outer_task = asyncio.current_task()
         try:
-            # Queue for a window slot before planning: a burst of groups then waits with
-            # nothing frozen, instead of every window stretching over shared resources.
+            return await steps
+        except asyncio.CancelledError:
+            if self._abort is None or self.in_window:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            done = "it had frozen nothing" if self.window.effects == [] else \
+                "its window had already closed"
+            return Failure(self._abort.reason, f"{self._abort.message}; {done}", self._abort.retriable)
+        except StepError as exc:
+            return Failure(exc.reason, exc.message, exc.reason in PLAN_RETRIABLE)
+        finally:
+            self._outer_task = None
+
+    def abort(self, reason: str, message: str, retriable: bool = False) -> None:
+        """Stop now (the group was deleted, the operator is stopping, a Lease was lost): thaw
+        an open window, or leave the queue or the wait for readiness with nothing frozen."""
+        if self._abort is None:
+            self._abort = Failure(reason, message, retriable)
+        if self.in_window:
+            if self._window_task is not None and not self._window_task.done():
+                self._window_task.cancel()
+        elif self._outer_task is not None:
+            self._outer_task.cancel()
+
+    async def _plan_and_freeze(self) -> Failure | None:
+        plan = await self._plan()
+        if isinstance(plan, Failure):
+            return plan
+        keys = plan.targets()
+        await plan.release()
+        for _ in range(REPLANS):
+            # Queue for a window slot too: a burst of groups then waits with nothing frozen,
+            # instead of every window stretching over shared resources.
             async with (
-                exclusive_targets(self.ctx, j, self.spec, self.wait_timeout),
+                exclusive_targets(self.ctx, self.journal, keys, self.wait_timeout, self._lease_lost),
                 self.window_slots,
             ):
-                failure = await self._plan_and_freeze()
-        except StepError as exc:
-            failure = exc
-        if failure is not None:
-            await self.fail(failure.reason, failure.message)
-            return
-        await self.finalize()
+                plan = await self._plan()  # the world as nobody else holds it
+                if isinstance(plan, Failure):
+                    return plan
+                try:
+                    if set(plan.targets()) <= set(keys):
+                        self.journal.status.targets = keys
+                        self.journal.event("Normal", "Planned", self._describe(plan))
+                        for warning in plan.warnings:
+                            self.journal.event("Warning", warning.reason,
+                                               f"{warning.field_path}: {warning.message}")
+                        await failpoints.reached("plan")
+                        return await self._freeze(plan)
+                    keys = sorted(set(keys) | set(plan.targets()))
+                finally:
+                    await plan.release()
+        return Failure("TargetsChanged", "the workloads, volumes or servers of the group kept "
+                       f"changing while it took their Leases ({REPLANS} tries); nothing was touched",
+                       retriable=True)
 
-    async def _plan_and_freeze(self) -> StepError | None:
-        plan = await make_plan(self.ctx, self.spec)
-        if not plan.ok:
-            detail = "; ".join(f"{p.field_path}: {p.message}" for p in plan.problems)
-            return StepError(plan.problems[0].reason, f"nothing was touched: {detail}")
-        self.journal.event("Normal", "Planned", self._describe(plan))
-        for warning in plan.warnings:
-            self.journal.event("Warning", warning.reason, f"{warning.field_path}: {warning.message}")
-        await failpoints.reached("plan")
-        try:
-            return await self._freeze(plan)
-        finally:
-            await plan.release()
+    async def _plan(self) -> Plan | Failure:
+        plan = await make_plan(self.ctx, self.spec, self.attempt)
+        if plan.ok:
+            return plan
+        detail = "; ".join(f"{p.field_path}: {p.message}" for p in plan.problems)
+        reason = plan.problems[0].reason
+        return Failure(reason, f"nothing was touched: {detail}", reason in PLAN_RETRIABLE)
 
-    def abort(self, reason: str, message: str) -> None:
-        """Stop the window now (the group was deleted, the operator is stopping): thaw and fail."""
-        self._abort_reason = StepError(reason, message)
-        if self._window is not None and not self._window.done():
-            self._window.cancel()
+    def _lease_lost(self, holder: str) -> None:
+        self.abort("LeaseLost", f"SnapshotGroup {group_of(holder)} took over a Lease of this "
+                   "group (it was not renewed in time)", retriable=True)
 
     # -- the window ---------------------------------------------------------------------
 
-    async def _freeze(self, plan: Plan) -> StepError | None:
+    async def _freeze(self, plan: Plan) -> Failure | None:
         j = self.journal
         budget = self.spec.freeze_budget_delta.total_seconds()
         started = time.monotonic()
         self.ctx.deadline = started + budget
         j.status.freeze = FreezeWindow(start=now())
-        window = self._window = asyncio.create_task(self._frozen_steps(plan))
-        failure: StepError | None = None
+        self.in_window = True
+        window = self._window_task = asyncio.create_task(self._frozen_steps(plan))
+        failure: Failure | None = None
         try:
             done, _ = await asyncio.wait({window}, timeout=budget)
             if not done:
@@ -156,102 +213,61 @@ class GroupRun:
                 failure = self._budget_exceeded()
             else:
                 failure = self._window_failure(window)
-        except asyncio.CancelledError:
-            # The operator is stopping: thaw before going, whatever else happens.
-            window.cancel()
-            await asyncio.gather(window, return_exceptions=True)
-            await asyncio.shield(self._thaw(started))
-            raise
-        await asyncio.shield(self._thaw(started))
-        if failure is not None:
-            await self._discard_uncut()
+        finally:
+            # Whatever happened, even a cancellation of this task: thaw before anything else.
+            if not window.done():
+                window.cancel()
+                await uncancellable(asyncio.gather(window, return_exceptions=True))
+            held = await uncancellable(self._thaw(plan, started))
+            self._window_task = None
+            self.in_window = False
+        if failure is None and held:
+            failure = Failure("ThawIncomplete", "the snapshots were cut, but "
+                              + summarize_thaw(self.window.held()), retriable=False)
+        elif failure is not None:
+            await uncancellable(self._discard_snapshots())
+            failure = Failure(failure.reason, f"{failure.message}; {summarize_thaw(self.window.held())}",
+                              failure.retriable and not held)
         return failure
 
-    def _budget_exceeded(self) -> StepError:
-        return StepError(
-            "FreezeBudgetExceeded",
-            f"the freeze budget of {self.spec.freeze_budget} ran out while "
-            f"{self.journal.status.message}; everything was thawed at once")
+    def _budget_exceeded(self) -> Failure:
+        return Failure("FreezeBudgetExceeded",
+                       f"the freeze budget of {self.spec.freeze_budget} ran out while "
+                       f"{self.journal.status.message}; thawed at once", retriable=True)
 
-    def _window_failure(self, window: asyncio.Task[None]) -> StepError | None:
+    def _window_failure(self, window: asyncio.Task[None]) -> Failure | None:
         if window.cancelled():
-            return self._abort_reason or StepError("Aborted", "the freeze window was cancelled")
+            return self._abort or Failure("Aborted", "the freeze window was cancelled", True)
         exc = window.exception()
         if exc is None:
             return None
         if isinstance(exc, StepError):
-            return exc
+            return Failure(exc.reason, exc.message, retriable=exc.reason != "SnapshotNameTaken")
         if isinstance(exc, TimeoutError):
             if time.monotonic() >= self.ctx.deadline - BUDGET_SLACK:
                 # A wait bounded by the budget ran out a moment before the window's own timer.
                 return self._budget_exceeded()
-            return StepError("Timeout", f"a step timed out while {self.journal.status.message}")
+            return Failure("Timeout", f"a step timed out while {self.journal.status.message}", True)
         log.error("unexpected error in the freeze window", exc_info=exc)
-        return StepError("InternalError", f"{type(exc).__name__}: {exc}")
+        return Failure("InternalError", f"{type(exc).__name__}: {exc}", retriable=True)
 
     async def _frozen_steps(self, plan: Plan) -> None:
-        j = self.journal
+        j, window = self.journal, self.window
         j.phase(Phase.QUIESCING, "isolating writers")
-        await self._apply_stage("isolate", plan.writers)
+        await window.apply_stage("isolate", plan.writers)
         j.phase(Phase.QUIESCING, "quiescing services")
-        await self._apply_stage("quiesce", [s.hook for s in plan.services])
+        await window.apply_stage("quiesce", [s.hook for s in plan.services])
         for step in (s for s in plan.steps if s.stage == "Pre"):
-            await self._apply_stage(f"pre:{step.step.name}", step.hooks,
-                                    tolerate=step.step.on_error == "Continue")
+            await window.apply_stage(f"pre:{step.step.name}", step.hooks,
+                                     tolerate=step.step.on_error == "Continue")
         j.condition("Quiesced", "True", "WritersIsolatedServicesQuiesced",
                     f"{len(plan.writers)} writer(s) isolated, {len(plan.services)} service(s) quiesced")
         await j.flush()  # visible while it holds: whoever watches the group sees the freeze
         await self._cut(plan.services, plan.snapshot_class or "")
         await self._record(plan.services)
         for step in (s for s in plan.steps if s.stage == "Post"):
-            await self._apply_stage(f"post:{step.step.name}", step.hooks,
-                                    tolerate=step.step.on_error == "Continue")
-
-    async def _apply_stage(
-        self, name: str, hooks: Sequence[BoundHook], tolerate: bool = False
-    ) -> None:
-        if not hooks:
-            return
-        j = self.journal
-        t0 = time.monotonic()
-        stage = Stage(name)
-        self.stages.append(stage)
-        for hook in hooks:
-            j.mark(hook.key, hook.type, "Pre", HookState.APPLYING, undo=hook.intent())
-        await j.flush()  # write-ahead: the intent is durable before anything changes
-        results = await asyncio.gather(*(self._timed_apply(h) for h in hooks), return_exceptions=True)
-        errors: list[tuple[BoundHook, BaseException]] = []
-        for hook, result in zip(hooks, results, strict=True):
-            if isinstance(result, BaseException):
-                # The side effect may have happened in part: undo it like an applied one.
-                stage.applied.append((hook, hook.intent()))
-                message = result.message if isinstance(result, StepError) else str(result)
-                j.mark(hook.key, hook.type, "Pre", HookState.FAILED, message=message)
-                errors.append((hook, result))
-            else:
-                stage.applied.append((hook, result))
-                j.mark(hook.key, hook.type, "Pre", HookState.APPLIED, message="applied", undo=result)
-                j.event("Normal", "HookApplied", f"{hook.key} applied")
-        await j.flush()
-        self.timings.mark(name.split(":")[0], time.monotonic() - t0)
-        if errors and not tolerate:
-            hook, exc = errors[0]
-            if isinstance(exc, StepError):
-                raise StepError(exc.reason, f"{hook.key}: {exc.message}")
-            if isinstance(exc, TimeoutError):
-                raise StepError("Timeout", f"{hook.key}: timed out")
-            raise StepError("HookFailed", f"{hook.key}: {type(exc).__name__}: {exc}")
-
-    async def _timed_apply(self, hook: BoundHook) -> UndoRecord:
-        t0 = time.monotonic()
-        if hook.key.startswith("writer:"):
-            metrics.WRITERS_ISOLATED.inc()
-        try:
-            record = await hook.apply()
-        finally:
-            metrics.HOOK_SECONDS.labels(hook.type, "apply").observe(time.monotonic() - t0)
-        await failpoints.reached(f"apply:{hook.key}")
-        return record
+            await window.apply_stage(f"post:{step.step.name}", step.hooks,
+                                     tolerate=step.step.on_error == "Continue")
 
     async def _cut(self, services: list[PlannedService], snapshot_class: str) -> None:
         j, ctx = self.journal, self.ctx
@@ -261,7 +277,8 @@ class GroupRun:
             ServiceStatus(
                 name=s.target.name, type=s.target.type,
                 volume_snapshots=[
-                    VolumeSnapshotStatus(name=snapshot_name(ctx.group, s.target.name, pvc), pvc=pvc)
+                    VolumeSnapshotStatus(
+                        name=snapshot_name(ctx.group, s.target.name, pvc, self.attempt), pvc=pvc)
                     for pvc in s.pvcs
                 ],
             )
@@ -269,7 +286,8 @@ class GroupRun:
         ]
         manifests = [
             snapshot_manifest(namespace=ctx.namespace, group=ctx.group, group_uid=ctx.group_uid,
-                              service=s.target.name, pvc=pvc, snapshot_class=snapshot_class)
+                              service=s.target.name, pvc=pvc, snapshot_class=snapshot_class,
+                              attempt=self.attempt)
             for s in services for pvc in s.pvcs
         ]
         await asyncio.gather(*(self._create_snapshot(m) for m in manifests))
@@ -277,7 +295,7 @@ class GroupRun:
         names = {m["metadata"]["name"] for m in manifests}
         async with ctx.waits.waiting("cut"):
             infos = await ctx.cluster.wait_snapshots(
-                ctx.namespace, group_selector(ctx.group), names, "cut",
+                ctx.namespace, group_selector(ctx.group_uid, self.attempt), names, "cut",
                 timeout=max(0.0, ctx.deadline - time.monotonic()))
         self._apply_snapshot_infos(infos)
         metrics.CUT_SECONDS.observe(time.monotonic() - t0)
@@ -300,17 +318,15 @@ class GroupRun:
         self.timings.mark("record", time.monotonic() - t0)
         await failpoints.reached("record")
 
-    # -- always: resume -----------------------------------------------------------------
+    # -- always: thaw -------------------------------------------------------------------
 
-    async def _thaw(self, started: float) -> None:
-        """Undo every applied stage in reverse; each undo retried within bounds."""
+    async def _thaw(self, plan: Plan, started: float) -> bool:
+        """Undo everything the window started; True when something is still held."""
         j = self.journal
         t0 = time.monotonic()
-        if self.stages:
+        if self.window.effects:
             j.phase(Phase.RESUMING, "resuming")
-        for stage in reversed(self.stages):
-            await asyncio.gather(*(self._undo(h, rec) for h, rec in reversed(stage.applied)))
-            await j.flush()
+        held = await self.window.thaw()
         if j.status.freeze is not None:
             j.status.freeze.end = now()
             seconds = time.monotonic() - started
@@ -326,43 +342,20 @@ class GroupRun:
             }
         j.status.writers = self._writer_statuses()
         by_name = {s.name: s for s in j.status.services}
-        for hook in self._service_hooks():
+        for hook in (s.hook for s in plan.services):
             svc_status = by_name.get(hook.key.removeprefix("service:"))
             if svc_status is not None:
                 svc_status.evidence = hook.evidence()
-        j.condition("Quiesced", "False", "Resumed", "writers restored and services resumed")
-
-    async def _undo(self, hook: BoundHook, record: UndoRecord) -> None:
-        t0 = time.monotonic()
+        if held:
+            j.condition("Quiesced", "True", "StillHeld", summarize_thaw(held))
+        else:
+            j.condition("Quiesced", "False", "Resumed",
+                        "every writer restored and every service resumed, each checked")
         try:
-            await self._undo_with_retries(hook, record)
-        finally:
-            metrics.HOOK_SECONDS.labels(hook.type, "undo").observe(time.monotonic() - t0)
-            if hook.key.startswith("writer:"):
-                metrics.WRITERS_ISOLATED.dec()
-
-    async def _undo_with_retries(self, hook: BoundHook, record: UndoRecord) -> None:
-        j = self.journal
-        for attempt in range(UNDO_ATTEMPTS):
-            try:
-                message = await hook.undo(record)
-            except Exception as exc:
-                text = exc.message if isinstance(exc, StepError) else f"{type(exc).__name__}: {exc}"
-                if attempt + 1 < UNDO_ATTEMPTS:
-                    await asyncio.sleep(UNDO_BACKOFF[attempt])  # back off before retrying the undo
-                    continue
-                j.mark(hook.key, hook.type, "Post", HookState.FAILED,
-                       message=f"undo failed after {UNDO_ATTEMPTS} attempts: {text}")
-                j.event("Warning", "UndoFailed", f"{hook.key}: {text}")
-                return
-            await failpoints.reached(f"undo:{hook.key}")
-            j.mark(hook.key, hook.type, "Post", HookState.UNDONE, message=message)
-            j.event("Normal", "HookUndone", f"{hook.key}: {message}")
-            return
-
-    def _service_hooks(self) -> list[ServiceHook]:
-        return [h for st in self.stages if st.name == "quiesce" for h, _ in st.applied
-                if isinstance(h, ServiceHook)]
+            await j.flush()
+        except Exception as exc:  # the group may be gone; the thaw itself is done
+            log.warning("%s: status not written after the thaw: %s", self.ctx.qualified, exc)
+        return bool(held)
 
     def _writer_statuses(self) -> list[WriterStatus]:
         writers = []
@@ -379,21 +372,32 @@ class GroupRun:
             ))
         return writers
 
-    async def _discard_uncut(self) -> None:
-        """After a failure, delete snapshots that were never cut: they prove nothing."""
+    async def _discard_snapshots(self) -> None:
+        """After a failed attempt, delete its snapshots: uncut ones prove nothing, and cut ones
+        belong to an attempt that did not finish (a retry cuts its own)."""
         ctx = self.ctx
+        try:
+            found = await ctx.cluster.list_snapshots(
+                ctx.namespace, group_selector(ctx.group_uid, self.attempt))
+        except StepError as exc:
+            log.warning("%s: snapshots of the failed attempt not listed: %s", ctx.qualified, exc)
+            found = []
+        names = {s.name for s in found} | {
+            s.name for svc in self.journal.status.services for s in svc.volume_snapshots}
+        errors: dict[str, str] = {}
+        for name in sorted(names):
+            try:
+                await ctx.cluster.delete_snapshot(ctx.namespace, name)
+            except StepError as exc:
+                errors[name] = exc.message
         for svc in self.journal.status.services:
             for snap in svc.volume_snapshots:
-                if snap.creation_time is None:
-                    try:
-                        await ctx.cluster.delete_snapshot(ctx.namespace, snap.name)
-                        snap.error = "deleted: not cut within the freeze window"
-                    except StepError as exc:
-                        snap.error = f"not cut; deleting it failed: {exc.message}"
+                snap.error = (f"deleting it failed: {errors[snap.name]}" if snap.name in errors
+                              else "deleted: its attempt failed")
 
     # -- after the window ---------------------------------------------------------------
 
-    async def finalize(self) -> None:
+    async def _finalize(self) -> Failure | None:
         """After the window: wait for readyToUse, judge consistency, succeed."""
         j, ctx = self.journal, self.ctx
         j.phase(Phase.FINALIZING, "waiting for snapshots to be ready")
@@ -401,11 +405,12 @@ class GroupRun:
         names = {s.name for svc in j.status.services for s in svc.volume_snapshots}
         try:
             infos = await ctx.cluster.wait_snapshots(
-                ctx.namespace, group_selector(ctx.group), names, "ready", timeout=self.ready_timeout)
+                ctx.namespace, group_selector(ctx.group_uid, self.attempt), names, "ready",
+                timeout=self.ready_timeout)
         except (TimeoutError, StepError) as exc:
             reason = exc.reason if isinstance(exc, StepError) else "SnapshotsNotReady"
-            await self.fail(reason, f"snapshots were cut but did not become ready: {exc}")
-            return
+            await self._discard_snapshots()
+            return Failure(reason, f"snapshots were cut but did not become ready: {exc}", True)
         self._apply_snapshot_infos(infos)
         j.condition("SnapshotsReady", "True", "AllReady", f"{len(names)} snapshot(s) ready to use")
         verdict = consistency(j.status.services, j.status.earliest_snapshot_time)
@@ -421,6 +426,7 @@ class GroupRun:
         metrics.GROUPS.labels("Succeeded", verdict.reason).inc()
         j.event("Normal", "Succeeded", j.status.message or "")
         await j.drain_events()
+        return None
 
     def _apply_snapshot_infos(self, infos: dict[str, SnapshotInfo]) -> None:
         ready = total = 0
@@ -437,10 +443,6 @@ class GroupRun:
                 snap.error = info.error
                 ready += int(info.ready_to_use)
         self.journal.status.snapshots_ready = f"{ready}/{total}"
-
-    async def fail(self, reason: str, message: str) -> None:
-        """End the group as Failed with a reason, in the status and in an Event."""
-        await self.journal.fail(reason, message)
 
     def _describe(self, plan: Plan) -> str:
         writers = ", ".join(h.key.removeprefix("writer:") for h in plan.writers) or "none"

@@ -6,6 +6,7 @@ import logging
 
 from snapgroup.api.snapshotgroup import HookState
 from snapgroup.hooks.registry import HookContext, lookup
+from snapgroup.orchestration.exclusion import holder_of
 from snapgroup.orchestration.journal import Journal
 from snapgroup.orchestration.snapshots import group_selector
 from snapgroup.ports import StepError
@@ -43,12 +44,24 @@ async def undo_journal(ctx: HookContext, journal: Journal) -> list[str]:
             log.error("%s/%s %s: %s", ctx.namespace, ctx.group, entry.name, message)
         done.append(f"{entry.name}: {message}")
     await journal.flush()
+    await clear_quiesce_records(ctx, journal)
     return done
 
 
+async def clear_quiesce_records(ctx: HookContext, journal: Journal) -> None:
+    """Remove this group's quiesce records from its servers' Leases for the hooks now undone."""
+    undone = {h.name for h in journal.status.hooks if h.state == HookState.UNDONE}
+    for found in await ctx.cluster.list_lease_records():
+        if (found.namespace == ctx.namespace and found.record.get("group") == ctx.qualified
+                and found.record.get("key") in undone):
+            await ctx.cluster.set_lease_record(found.namespace, found.name, holder_of(ctx), None)
+
+
 async def discard_snapshots(ctx: HookContext, journal: Journal) -> int:
-    """Delete every snapshot the interrupted run created: with its proof lost it proves nothing."""
-    snapshots = await ctx.cluster.list_snapshots(ctx.namespace, group_selector(ctx.group))
+    """Delete every snapshot the interrupted attempt created: with its proof lost it proves
+    nothing. Only this group's (by uid) snapshots of this attempt are touched."""
+    snapshots = await ctx.cluster.list_snapshots(
+        ctx.namespace, group_selector(ctx.group_uid, journal.status.attempt))
     for snap in snapshots:
         await ctx.cluster.delete_snapshot(ctx.namespace, snap.name)
     for svc in journal.status.services:

@@ -9,7 +9,7 @@ from typing import Any
 
 from snapgroup.api import API_VERSION
 from snapgroup.api.base import ConditionStatus
-from snapgroup.api.labels import GROUP_LABEL, SERVICE_LABEL
+from snapgroup.api.labels import ATTEMPT_LABEL, GROUP_LABEL, GROUP_UID_LABEL, SERVICE_LABEL
 from snapgroup.api.snapshotgroup import KIND, ServiceStatus
 from snapgroup.hooks.evidence import ClockSkew, record_incomplete, skew_from
 
@@ -17,31 +17,36 @@ SNAPSHOT_API_VERSION = "snapshot.storage.k8s.io/v1"
 _MAX_NAME = 253
 
 
-def snapshot_name(group: str, service: str, pvc: str) -> str:
-    """Deterministic VolumeSnapshot name: ``<group>-<service>-<pvc>``, hashed down when too long."""
-    name = f"{group}-{service}-{pvc}"
+def snapshot_name(group: str, service: str, pvc: str, attempt: int = 1) -> str:
+    """Deterministic VolumeSnapshot name: ``<group>-<service>-<pvc>`` (``-a<N>`` appended from
+    the second attempt on), hashed down when too long."""
+    name = f"{group}-{service}-{pvc}" + (f"-a{attempt}" if attempt > 1 else "")
     if len(name) <= _MAX_NAME:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:10]
     return f"{name[: _MAX_NAME - 11]}-{digest}"
 
 
-def group_selector(group: str) -> str:
-    """Label selector of every VolumeSnapshot a group created."""
-    return f"{GROUP_LABEL}={group}"
+def group_selector(group_uid: str, attempt: int | None = None) -> str:
+    """Label selector of every VolumeSnapshot one group (by uid: names are reused) created, or of
+    one of its attempts."""
+    selector = f"{GROUP_UID_LABEL}={group_uid}"
+    return selector if attempt is None else f"{selector},{ATTEMPT_LABEL}={attempt}"
 
 
 def snapshot_manifest(
-    *, namespace: str, group: str, group_uid: str, service: str, pvc: str, snapshot_class: str
+    *, namespace: str, group: str, group_uid: str, service: str, pvc: str, snapshot_class: str,
+    attempt: int = 1,
 ) -> dict[str, Any]:
     """The VolumeSnapshot for one claim, labelled and owned by its group."""
     return {
         "apiVersion": SNAPSHOT_API_VERSION,
         "kind": "VolumeSnapshot",
         "metadata": {
-            "name": snapshot_name(group, service, pvc),
+            "name": snapshot_name(group, service, pvc, attempt),
             "namespace": namespace,
-            "labels": {GROUP_LABEL: group, SERVICE_LABEL: service},
+            "labels": {GROUP_LABEL: group, GROUP_UID_LABEL: group_uid, SERVICE_LABEL: service,
+                       ATTEMPT_LABEL: str(attempt)},
             "ownerReferences": [{
                 "apiVersion": API_VERSION, "kind": KIND, "name": group, "uid": group_uid,
                 "controller": True, "blockOwnerDeletion": True,
