@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from snapgroup.api.labels import GROUP_LABEL
 from snapgroup.api.snapshotgroup import ServiceStatus
 from snapgroup.hooks.evidence import ClockSkew, scan_evidence, skew_from, skew_of
 from snapgroup.hooks.sql_statement import statement_problem
-from snapgroup.orchestration.snapshots import consistency
+from snapgroup.orchestration.snapshots import consistency, snapshot_manifest
 from snapgroup.ports import ClockSample
 
 CUT = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -106,3 +108,15 @@ def test_an_incomplete_record_read_makes_the_verdict_unknown() -> None:
     # Even with nothing listed at all: unknown, not "not checked".
     empty = service("minio", None, **scan_evidence(10000, complete=False))
     assert consistency([service("pg", CUT - timedelta(seconds=5)), empty], CUT).status == "Unknown"
+
+
+def test_snapshots_of_a_group_with_a_253_character_name_carry_valid_labels() -> None:
+    name = ".".join(["a" * 63] * 3 + ["b" * 61])
+    assert len(name) == 253
+    labels = snapshot_manifest(namespace="ns", group=name, group_uid="uid", service="s" * 63,
+                               pvc="p", snapshot_class="c")["metadata"]["labels"]
+    for value in labels.values():
+        assert len(value) <= 63 and re.fullmatch(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?", value)
+    assert labels[GROUP_LABEL] != snapshot_manifest(
+        namespace="ns", group=name[:-1] + "c", group_uid="uid", service="s", pvc="p",
+        snapshot_class="c")["metadata"]["labels"][GROUP_LABEL]

@@ -23,7 +23,7 @@ from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, 
 
 from snapgroup.api import API_VERSION
 from snapgroup.api.base import parse_duration
-from snapgroup.api.labels import SCHEDULE_LABEL
+from snapgroup.api.labels import SCHEDULE_LABEL, label_value
 from snapgroup.api.schedule import KIND as SCHEDULE_KIND
 from snapgroup.api.schedule import (
     SCHEDULE_PATTERN,
@@ -386,9 +386,7 @@ def group_name(schedule: str, at: datetime) -> str:
 
 def schedule_label_value(schedule: str) -> str:
     """The schedule's name as a label value (63 characters at most)."""
-    if len(schedule) <= NAME_LIMIT:
-        return schedule
-    return f"{schedule[: NAME_LIMIT - _DIGEST - 1].rstrip('-.')}-{_digest(schedule)}"
+    return label_value(schedule)
 
 
 def children_selector(schedule: str) -> str:

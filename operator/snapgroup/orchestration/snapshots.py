@@ -9,7 +9,13 @@ from typing import Any
 
 from snapgroup.api import API_VERSION
 from snapgroup.api.base import ConditionStatus
-from snapgroup.api.labels import ATTEMPT_LABEL, GROUP_LABEL, GROUP_UID_LABEL, SERVICE_LABEL
+from snapgroup.api.labels import (
+    ATTEMPT_LABEL,
+    GROUP_LABEL,
+    GROUP_UID_LABEL,
+    SERVICE_LABEL,
+    label_value,
+)
 from snapgroup.api.snapshotgroup import KIND, ServiceStatus
 from snapgroup.hooks.evidence import ClockSkew, record_incomplete, skew_from
 
@@ -45,7 +51,8 @@ def snapshot_manifest(
         "metadata": {
             "name": snapshot_name(group, service, pvc, attempt),
             "namespace": namespace,
-            "labels": {GROUP_LABEL: group, GROUP_UID_LABEL: group_uid, SERVICE_LABEL: service,
+            # A group's name may be 253 characters long, a label value 63.
+            "labels": {GROUP_LABEL: label_value(group), GROUP_UID_LABEL: group_uid, SERVICE_LABEL: service,
                        ATTEMPT_LABEL: str(attempt)},
             "ownerReferences": [{
                 "apiVersion": API_VERSION, "kind": KIND, "name": group, "uid": group_uid,
