@@ -4,13 +4,14 @@ STATE ?= $(CURDIR)/.localcluster
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: help install binaries test check lint typecheck layers crds crds-check hadolint go-test pytest \
-        cluster-up cluster-down demo bench
+        cluster-up cluster-down demo bench bench-record
 
 help:
 	@echo "make demo          local cluster + bleater sample + operator + one SnapshotGroup, then its status"
 	@echo "make test          every check and test (lint, types, layers, CRD drift, unit, cluster, e2e)"
 	@echo "make cluster-up    start the local cluster with the bleater sample; cluster-down stops it"
 	@echo "make bench         freeze-window and scale benchmarks, report under docs/benchmarks/"
+	@echo "make bench-record  the MinIO/S3 record read on 100,000 objects, docs/benchmarks/record-read.md"
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -61,3 +62,7 @@ demo: binaries
 
 bench: binaries
 	$(PYTHON) -m benchmarks --report docs/benchmarks
+
+# The MinIO/S3 newest-record read on a bucket of 100,000 objects (the S3 stand-in only, no cluster).
+bench-record: install
+	PYTHONPATH=$(CURDIR)/operator:$(PYTHONPATH) $(PYTHON) -m benchmarks.record_read --objects 100000 --report docs/benchmarks

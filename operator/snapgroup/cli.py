@@ -213,6 +213,7 @@ def _describe_plan(plan: Plan) -> dict[str, Any]:
         ],
         "hooks": [{"step": step, "target": key} for step, key in order],
         "problems": [_problem(p) for p in plan.problems],
+        "warnings": [_problem(p) for p in plan.warnings],
     }
 
 
@@ -241,6 +242,11 @@ async def _plan_all(
     return [await _plan_one(runtime, d, namespace) for d in docs]
 
 
+def _issues(title: str, items: list[dict[str, str]]) -> list[str]:
+    return ["", title, table(["reason", "field", "message"],
+                             [[p["reason"], p["field"], p["message"]] for p in items])]
+
+
 def _render_plan(r: dict[str, Any]) -> str:
     lines = [f"{KIND} {r['namespace']}/{r['name']}"]
     if r.get("snapshotClass"):
@@ -258,15 +264,10 @@ def _render_plan(r: dict[str, Any]) -> str:
                 ["#", "step", "target"], [[i + 1, h["step"], h["target"]] for i, h in enumerate(r["hooks"])]
             ),
         ]
+    if r.get("warnings"):
+        lines += _issues(f"{len(r['warnings'])} warning(s); they do not stop the group:", r["warnings"])
     if r["problems"]:
-        lines += [
-            "",
-            f"{len(r['problems'])} problem(s); nothing would be touched:",
-            table(
-                ["reason", "field", "message"],
-                [[p["reason"], p["field"], p["message"]] for p in r["problems"]],
-            ),
-        ]
+        lines += _issues(f"{len(r['problems'])} problem(s); nothing would be touched:", r["problems"])
     else:
         lines += ["", "No problems found. Nothing was changed."]
     return "\n".join(lines) + "\n"

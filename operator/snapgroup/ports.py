@@ -88,6 +88,20 @@ class LeaseRecord:
     record: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class ClockSample:
+    """One reading of a server's clock, taken between two readings of the operator's clock.
+
+    The server read its clock at some instant between `before` and `after` (operator time), and
+    reported `server`, truncated to `resolution` seconds (1 for an HTTP Date header).
+    """
+
+    before: datetime
+    server: datetime
+    after: datetime
+    resolution: float
+
+
 EventType = Literal["Normal", "Warning"]
 
 
@@ -231,6 +245,14 @@ class PostgresSession(Protocol):
         """Newest record time by table/column or by a query."""
         ...
 
+    async def column_indexed(self, table: str, column: str) -> bool:
+        """True when an index of the table leads with the column."""
+        ...
+
+    async def clock_sample(self) -> ClockSample:
+        """The server's clock, read between two readings of the operator's."""
+        ...
+
     async def terminate_sessions(self, application_name: str) -> int:
         """End every other session introducing itself with application_name; how many ended."""
         ...
@@ -263,9 +285,25 @@ class MongoSession(Protocol):
         """Newest value of a date field."""
         ...
 
+    async def clock_sample(self) -> ClockSample:
+        """The server's clock (hello.localTime), read between two readings of the operator's."""
+        ...
+
     async def close(self) -> None:
         """Close the client."""
         ...
+
+
+@dataclass(frozen=True)
+class NewestObject:
+    """What a bounded listing found."""
+
+    newest: datetime | None
+    """Newest LastModified seen; None when no object was listed."""
+    listed: int
+    """Objects listed."""
+    complete: bool
+    """The listing reached the end of the prefix: newest is the newest there is."""
 
 
 class ObjectStoreSession(Protocol):
@@ -275,8 +313,15 @@ class ObjectStoreSession(Protocol):
         """True when the bucket exists and the credentials can read it."""
         ...
 
-    async def newest_object_time(self, bucket: str, prefix: str) -> datetime | None:
-        """Newest LastModified under a prefix."""
+    async def newest_object_time(
+        self, bucket: str, prefix: str, start_after: str, max_objects: int
+    ) -> NewestObject:
+        """Newest LastModified among at most max_objects keys under prefix after start_after."""
+        ...
+
+    async def clock_sample(self) -> ClockSample:
+        """The server's clock (its HTTP Date header), read between two readings of the
+        operator's."""
         ...
 
     async def close(self) -> None:
@@ -322,6 +367,8 @@ class ScheduledGroup:
     """Deletion has begun (it has a deletionTimestamp)."""
     keeps_snapshots: bool
     """Its spec.snapshotDeletionPolicy is Retain: deleting it must leave its VolumeSnapshots."""
+    consistent: bool | None = None
+    """status.consistent: True only when its Consistent condition is True."""
 
 
 class GroupStore(Protocol):

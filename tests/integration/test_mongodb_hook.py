@@ -16,11 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from pymongo import AsyncMongoClient
 from pymongo.errors import OperationFailure
 
 import snapgroup.hooks.mongodb  # noqa: F401 - registers the hook type
 from snapgroup.api.snapshotgroup import ServiceTarget
+from snapgroup.hooks import mongodb as mongodb_hook
+from snapgroup.hooks.evidence import skew_from
 from snapgroup.hooks.registry import HookContext, ServiceHook, lookup
 from snapgroup.ports import PlanError
 
@@ -158,21 +161,24 @@ async def test_recover_after_restart_unlocks_with_a_fresh_connection(
     assert "lock count back to 0" in message
 
 
-async def test_recover_of_an_unconfirmed_lock_unlocks_only_if_locked(
-    ctx: HookContext, other: Client
+async def test_recover_of_an_unconfirmed_lock_lowers_a_lock_that_landed_on_an_unlocked_server(
+    ctx: HookContext, other: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(mongodb_hook, "LATE_LOCK_SETTLE", 0.05)
     hook = await plan(ctx)
-    intent = hook.intent()  # journaled before apply; the operator died before the lock
+    intent = hook.intent()  # journaled before apply; the lock call never answered
+    assert intent["lockedBefore"] is False
     await hook.release()
     mongodb = lookup("mongodb")
     assert mongodb is not None
 
     message = await mongodb.recover(ctx, hook.key, intent, False)
-    assert "held no fsync lock" in message
+    assert "no lock landed" in message
 
+    # The lock that call sent lands late (here: taken on the server by another client).
     assert (await other.admin.command({"fsync": 1, "lock": True}))["lockCount"] == 1
     message = await mongodb.recover(ctx, hook.key, intent, False)
-    assert "unlocked once" in message
+    assert "its lock landed" in message and "lock count back to 0" in message
     assert not await locked(other)
 
 
@@ -192,26 +198,36 @@ async def test_newest_record_is_the_greatest_date(ctx: HookContext, other: Clien
     finally:
         await hook.release()
         await empty.release()
+    # The plan read the server's clock (hello.localTime): one machine, one clock.
+    skew = skew_from(hook.evidence())
+    assert skew is not None and abs(skew.seconds) <= skew.uncertainty + 0.01
 
 
-async def test_wrong_password_fails_plan_with_authentication_failed(
-    mongo_server: Any, hook_context: Any
+@pytest.mark.parametrize(("last_record", "field"), [
+    ({"database": "bleater", "collection": "events", "field": "$where"}, "field"),
+    ({"database": "bleater", "collection": "events", "field": "meta.$gt"}, "field"),
+    ({"database": "bleater", "collection": "events", "field": "a..b"}, "field"),
+    ({"database": "bad/db", "collection": "events", "field": "created_at"}, "database"),
+    ({"database": "bleater", "collection": "$cmd", "field": "created_at"}, "collection"),
+])
+def test_operator_syntax_in_names_is_refused_by_the_model(last_record: dict[str, str], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        target(last_record)
+    assert caught.value.errors()[0]["loc"] == ("lastRecord", field)
+
+
+@pytest.mark.parametrize("collection", ["system.snapgroup", "c" * 255, "ü" * 100, "a b.c"])
+async def test_odd_collection_names_fail_with_codes_or_read_nothing(
+    ctx: HookContext, collection: str
 ) -> None:
-    wrong = "not-" + mongo_server.password
-    ctx = hook_context(**{SECRET: mongo_server.secret(password=wrong)})
-    with pytest.raises(PlanError) as caught:
-        await plan(ctx)
-    assert caught.value.reason == "AuthenticationFailed"
-    assert caught.value.field_path == f"{PATH}.connection.secretRef.name"
-    assert wrong not in str(caught.value)
-
-
-async def test_unreachable_server_fails_plan_with_database_unreachable(
-    hook_context: Any, closed_port: int
-) -> None:
-    ctx = hook_context(**{SECRET: {"uri": f"mongodb://127.0.0.1:{closed_port}/"}})
-    with pytest.raises(PlanError) as caught:
-        await plan(ctx, target(timeout="1s"))
-    assert caught.value.reason == "DatabaseUnreachable"
-    assert caught.value.field_path == f"{PATH}.connection"
-    assert f"127.0.0.1:{closed_port}" in caught.value.message
+    try:
+        hook = await plan(ctx, target({"database": "bleater", "collection": collection,
+                                       "field": "created_at"}))
+    except PlanError as exc:
+        # The server refused: our words and its error code, not its message.
+        assert exc.field_path == f"{PATH}.lastRecord" and "error code" in exc.message, exc
+        return
+    try:
+        assert await hook.newest_record() is None
+    finally:
+        await hook.release()

@@ -137,7 +137,8 @@ async def test_closing_the_session_mid_backup_ends_the_backup(
     assert "ended with its session" in message
     postgresql = lookup("postgresql")
     assert postgresql is not None
-    assert "nothing to run" in await postgresql.recover(ctx, hook.key, record, True)
+    recovered = await postgresql.recover(ctx, hook.key, record, True)
+    assert "no session of the group is open" in recovered
 
 
 async def _gone(observer: psycopg.AsyncConnection) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -265,3 +266,9 @@ def test_operator_runs_unprivileged_on_a_read_only_root(install: list[dict[str, 
 def test_install_leaves_out_the_samples(install: list[dict[str, Any]]) -> None:
     namespaces = {d["metadata"].get("namespace") for d in install} - {None}
     assert namespaces == {OPERATOR_NAMESPACE}
+
+
+def test_the_admission_policy_is_what_its_generator_writes() -> None:
+    done = subprocess.run([sys.executable, str(REPO / "hack" / "admission_policy.py"), "--check"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr

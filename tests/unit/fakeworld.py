@@ -25,7 +25,9 @@ from typing import Any
 
 from snapgroup.api.labels import ATTEMPT_LABEL, GROUP_UID_LABEL, ISOLATED_BY
 from snapgroup.ports import (
+    ClockSample,
     LeaseRecord,
+    NewestObject,
     PvcInfo,
     SnapshotClassInfo,
     SnapshotInfo,
@@ -372,6 +374,12 @@ class WorldCluster:
                 await self.w.changed.wait()
 
 
+def clock_sample() -> ClockSample:
+    """A server clock that agrees with the operator's."""
+    moment = datetime.now(UTC)
+    return ClockSample(before=moment, server=moment, after=moment, resolution=0.0)
+
+
 class WorldPostgres:
     """One PostgreSQL session: a backup belongs to it and ends when it closes."""
 
@@ -405,6 +413,14 @@ class WorldPostgres:
                             query: str | None) -> datetime | None:
         self._alive()
         return RECORD_TIME
+
+    async def column_indexed(self, table: str, column: str) -> bool:
+        self._alive()
+        return True
+
+    async def clock_sample(self) -> ClockSample:
+        self._alive()
+        return clock_sample()
 
     async def terminate_sessions(self, application_name: str) -> int:
         self._alive()
@@ -450,6 +466,10 @@ class WorldMongo:
         self._alive()
         return self.w.mongo_locks > 0
 
+    async def clock_sample(self) -> ClockSample:
+        self._alive()
+        return clock_sample()
+
     async def newest_record(self, database: str, collection: str, field: str) -> datetime | None:
         self._alive()
         return RECORD_TIME
@@ -465,8 +485,12 @@ class WorldS3:
     async def check_bucket(self, bucket: str) -> bool:
         return bucket == "bleater"
 
-    async def newest_object_time(self, bucket: str, prefix: str) -> datetime | None:
-        return RECORD_TIME
+    async def newest_object_time(self, bucket: str, prefix: str, start_after: str,
+                                 max_objects: int) -> NewestObject:
+        return NewestObject(newest=RECORD_TIME, listed=1, complete=True)
+
+    async def clock_sample(self) -> ClockSample:
+        return clock_sample()
 
     async def close(self) -> None:
         self.w.s3_sessions.pop(self.number, None)

@@ -211,6 +211,10 @@ class FakeBound(ServiceHook):
     def evidence(self) -> dict[str, str]:
         return {"fake": self.key}
 
+    def plan_warnings(self) -> list[PlanError]:
+        return [PlanError("LastRecordNotIndexed", "spec.services[0].lastRecord.column", "no index")] \
+            if self.behaviour.get("unindexed") else []
+
 
 BEHAVIOUR: dict[str, dict[str, Any]] = {}
 RECOVERED: list[tuple[str, bool]] = []
@@ -272,6 +276,15 @@ async def run_group(cluster: FakeCluster, budget: str = "5s",
 
 def condition(status: SnapshotGroupStatus, type_: str) -> str:
     return next(c.status for c in status.conditions if c.type == type_)
+
+
+async def test_plan_warnings_become_warning_events_and_do_not_stop_the_group() -> None:
+    BEHAVIOUR["service:postgres"] = {"unindexed": True}
+    cluster = FakeCluster([])
+    status = await run_group(cluster)
+    assert status.phase == "Succeeded"
+    assert ("Warning", "LastRecordNotIndexed", "spec.services[0].lastRecord.column: no index") in (
+        cluster.events)
 
 
 async def test_happy_path_orders_isolate_quiesce_cut_record_resume_then_ready() -> None:

@@ -29,6 +29,8 @@ from snapgroup.orchestration.schedules import (
     decide,
     expired,
     group_name,
+    is_good,
+    newest_good,
     parse_cadence,
     plan_tick,
     schedule_label_value,
@@ -221,6 +223,7 @@ def child(name: str, phase: str, at: datetime, **more: Any) -> ScheduledGroup:
     fields: dict[str, Any] = dict(
         name=name, owner_uid=UID, phase=phase, scheduled_time=at, created_at=at,
         completed_at=at + timedelta(seconds=5), deleting=False, keeps_snapshots=False,
+        consistent=True if phase == "Succeeded" else None,
     )
     fields.update(more)
     return ScheduledGroup(**fields)
@@ -253,6 +256,32 @@ def test_retention_by_age_spares_the_newest_success() -> None:
     late = expired(groups, Retention(max_age="1h"), utc("2026-03-02T00:00:00"))
     assert "g6" not in {e.group.name for e in late}
     assert {e.group.name for e in late} == {"g0", "g1", "g2", "g3", "g4", "g5"}
+
+
+def test_only_consistent_successes_count_as_successes_for_retention() -> None:
+    t0 = utc("2026-03-01T00:00:00")
+    # Two good backups, then a week of a missing writer: Succeeded, but Consistent False/Unknown.
+    groups = [child("good0", "Succeeded", t0), child("good1", "Succeeded", t0 + timedelta(hours=1))]
+    groups += [
+        child(f"bad{i}", "Succeeded", t0 + timedelta(days=1 + i), consistent=False if i % 2 else None)
+        for i in range(7)
+    ]
+    doomed = {e.group.name: e.why for e in expired(groups, Retention(succeeded=2, failed=3), t0)}
+    assert "good0" not in doomed and "good1" not in doomed
+    # The inconsistent ones are counted with the failures: the 3 newest stay.
+    assert doomed == {f"bad{i}": "retention.failed=3" for i in range(4)}
+    assert newest_good(groups) is groups[1]
+    # Past maxAge everything goes but the newest consistent success, not the newest Succeeded.
+    late = {e.group.name for e in expired(groups, Retention(max_age="1h"), t0 + timedelta(days=30))}
+    assert late == {g.name for g in groups} - {"good1"}
+
+
+def test_an_inconsistent_success_is_never_the_last_successful_group() -> None:
+    t0 = utc("2026-03-01T00:00:00")
+    assert newest_good([child("bad", "Succeeded", t0, consistent=False)]) is None
+    assert newest_good([child("unknown", "Succeeded", t0, consistent=None)]) is None
+    assert newest_good([child("failed", "Failed", t0, consistent=True)]) is None
+    assert is_good(child("good", "Succeeded", t0))
 
 
 def test_groups_already_being_deleted_are_not_pruned_again() -> None:
@@ -348,6 +377,7 @@ class FakeGroupStore:
             created_at=datetime.fromisoformat(at) if at else None,
             completed_at=None, deleting=False,
             keeps_snapshots=body["spec"].get("snapshotDeletionPolicy") == "Retain",
+            consistent=status.get("consistent"),
         )
 
     async def wait_status(self, key: str, value: Any) -> None:
@@ -355,8 +385,8 @@ class FakeGroupStore:
         async with self.status_written:
             await self.status_written.wait_for(lambda: self.status.get(key) == value)
 
-    def finish(self, name: str, phase: str = "Succeeded") -> None:
-        self.groups[name]["status"] = {"phase": phase}
+    def finish(self, name: str, phase: str = "Succeeded", consistent: bool | None = True) -> None:
+        self.groups[name]["status"] = {"phase": phase, "consistent": consistent}
 
     def edit_spec(self, **changes: Any) -> None:
         assert self.schedule is not None
@@ -502,6 +532,23 @@ async def test_retention_prunes_finished_groups_and_names_the_limit() -> None:
     pruned = " ".join(m for _, r, m in store.events if r == "GroupsPruned")
     assert "nightly-20260301121000 (retention.failed=1)" in pruned
     assert "nightly-20260301120000 (retention.succeeded=2)" in pruned
+
+
+async def test_inconsistent_groups_neither_become_last_successful_nor_prune_consistent_ones() -> None:
+    store = FakeGroupStore(spec(retention={"succeeded": 1, "failed": 1}, template=copy.deepcopy(TEMPLATE)))
+    scheduler = Scheduler(store)
+    verdicts = [True, False, None, False]
+    for minute, consistent in zip((0, 10, 20, 30), verdicts, strict=True):
+        created = (await scheduler.reconcile(REF, utc(f"2026-03-01T12:{minute:02d}:01"))).created
+        assert created is not None
+        store.finish(created, "Succeeded", consistent)
+    await scheduler.reconcile(REF, utc("2026-03-01T12:35:00"))
+    # The one consistent group stays however many inconsistent ones follow it.
+    assert "nightly-20260301120000" in store.groups
+    assert store.status["lastSuccessfulGroup"] == "nightly-20260301120000"
+    assert sorted(name for name, _ in store.deleted) == ["nightly-20260301121000", "nightly-20260301122000"]
+    pruned = " ".join(m for _, r, m in store.events if r == "GroupsPruned")
+    assert "retention.failed=1" in pruned and "retention.succeeded" not in pruned
 
 
 async def test_pruning_a_retain_group_keeps_its_snapshots() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -25,7 +25,7 @@ from snapgroup.api.snapshotgroup import ServiceTarget
 from snapgroup.hooks import mongodb as mongodb_hook
 from snapgroup.hooks.mongodb import MAX_UNLOCKS
 from snapgroup.hooks.registry import HookContext, ServiceHook, lookup
-from snapgroup.ports import PlanError, StepError
+from snapgroup.ports import ClockSample, NewestObject, PlanError, StepError
 
 NS = "bleater"
 PATH = "spec.services[1]"
@@ -43,6 +43,8 @@ LAST_RECORDS: dict[str, dict[str, str]] = {
     "minio": {"bucket": "bleater"},
 }
 NEWEST = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+IN_STEP = {"clockSkewSeconds": "0.000000", "clockSkewUncertaintySeconds": "0.000000"}
+"""The clock evidence of a server whose clock agrees with the operator's."""
 
 
 def service(service_type: str, *, last_record: bool = True) -> ServiceTarget:
@@ -68,7 +70,17 @@ class FakeCluster:
         raise AssertionError(f"a service hook must not call Cluster.{name}")
 
 
-class FakePostgresSession:
+class FakeClock:
+    """A server whose clock agrees with the operator's (to skew_seconds)."""
+
+    skew_seconds = 0.0
+
+    async def clock_sample(self) -> ClockSample:
+        now = datetime.now(UTC)
+        return ClockSample(now, now + timedelta(seconds=self.skew_seconds), now, resolution=0.0)
+
+
+class FakePostgresSession(FakeClock):
     """A PostgreSQL session: backup mode is a flag; `lost` makes every call fail like a dead one."""
 
     def __init__(self) -> None:
@@ -76,6 +88,7 @@ class FakePostgresSession:
         self.lost = False
         self.closed = 0
         self.newest_error: StepError | None = None
+        self.indexed = True
         self.others: dict[str, int] = {}
         """Other sessions open on the server, by application_name."""
         self.names: list[str] = []
@@ -108,6 +121,9 @@ class FakePostgresSession:
             raise self.newest_error
         return NEWEST
 
+    async def column_indexed(self, table: str, column: str) -> bool:
+        return self.indexed
+
     async def terminate_sessions(self, application_name: str) -> int:
         self._alive()
         ended = self.others.pop(application_name, 0)
@@ -127,7 +143,7 @@ class FakeMongoServer:
         """When True, fsyncUnlock never lowers the count (someone keeps re-locking)."""
 
 
-class FakeMongoSession:
+class FakeMongoSession(FakeClock):
     def __init__(self, server: FakeMongoServer) -> None:
         self.server = server
         self.closed = 0
@@ -157,7 +173,7 @@ class FakeMongoSession:
         self.closed += 1
 
 
-class FakeObjectStoreSession:
+class FakeObjectStoreSession(FakeClock):
     def __init__(self, buckets: set[str]) -> None:
         self.buckets = buckets
         self.closed = 0
@@ -165,8 +181,9 @@ class FakeObjectStoreSession:
     async def check_bucket(self, bucket: str) -> bool:
         return bucket in self.buckets
 
-    async def newest_object_time(self, bucket: str, prefix: str) -> datetime | None:
-        return NEWEST
+    async def newest_object_time(self, bucket: str, prefix: str, start_after: str,
+                                 max_objects: int) -> NewestObject:
+        return NewestObject(NEWEST, 1, complete=True)
 
     async def close(self) -> None:
         self.closed += 1
@@ -320,7 +337,7 @@ async def test_postgres_backup_round_trip_records_lsns() -> None:
     assert not connectors.postgres_session.in_backup
     assert "0/2000100" in message
     assert hook.evidence() == {"serverVersion": "15.4", "backupStartLSN": "0/2000028",
-                               "backupStopLSN": "0/2000100"}
+                               "backupStopLSN": "0/2000100", **IN_STEP}
     await hook.release()
     await hook.release()
     assert connectors.postgres_session.closed == 1
@@ -375,7 +392,7 @@ async def test_mongo_undo_unlocks_down_to_the_count_before_the_group() -> None:
     assert connectors.mongo_server.lock_count == 1
     assert connectors.mongo_server.unlock_calls == 2
     assert hook.evidence() == {"lockCountBefore": "1", "lockCountAfterLock": "2",
-                               "lockCountAfterUnlock": "1"}
+                               "lockCountAfterUnlock": "1", **IN_STEP}
 
 
 async def test_mongo_undo_gives_up_after_a_bounded_number_of_unlocks() -> None:

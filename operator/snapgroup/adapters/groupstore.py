@@ -128,7 +128,19 @@ def _scheduled_group(obj: dict[str, Any]) -> ScheduledGroup:
         completed_at=_time(status.get("completionTime")),
         deleting=bool(meta.get("deletionTimestamp")),
         keeps_snapshots=(obj.get("spec") or {}).get("snapshotDeletionPolicy") == "Retain",
+        consistent=_consistent(status),
     )
+
+
+def _consistent(status: dict[str, Any]) -> bool | None:
+    """The Consistent condition as a bool (None while Unknown or absent); the condition is the API,
+    status.consistent only its mirror."""
+    condition = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Consistent"), None
+    )
+    if condition is None:
+        return None
+    return {"True": True, "False": False}.get(str(condition.get("status")))
 
 
 def _time(text: Any) -> datetime | None:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConfigurationError, ConnectionFailure, OperationFailure, PyMongoError
 
-from snapgroup.ports import StepError
+from snapgroup.ports import ClockSample, StepError
 
 _AUTHENTICATION_FAILED = 18
 _UNAUTHORIZED = 13
@@ -158,6 +158,20 @@ class MongoConnection:
             return None
         return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
+    async def clock_sample(self) -> ClockSample:
+        """hello.localTime (milliseconds) between two readings of the operator's clock."""
+        before = datetime.now(UTC)
+        reply = await self._call("hello", lambda: self._client.admin.command("hello"))
+        after = datetime.now(UTC)
+        server = reply.get("localTime")
+        if not isinstance(server, datetime):
+            raise StepError(
+                "QueryFailed", f"hello on {self._address.describe()} returned no localTime"
+            )
+        if server.tzinfo is None:
+            server = server.replace(tzinfo=UTC)
+        return ClockSample(before, server, after, resolution=0.001)
+
     async def close(self) -> None:
         """Close the client; an fsync lock stays on the server (it is not bound to connections)."""
         with contextlib.suppress(TimeoutError, PyMongoError):
@@ -188,16 +202,20 @@ class MongoConnection:
                 on_timeout, f"{action}: {where} did not answer within {self._timeout:g}s"
             ) from None
         except OperationFailure as exc:
-            detail = self._address.redact(str((exc.details or {}).get("errmsg") or exc))
+            # The server's errmsg can quote documents: it classifies, it is not passed on.
+            errmsg = str((exc.details or {}).get("errmsg") or "")
+            code_name = (exc.details or {}).get("codeName") or "no code name"
             if exc.code == _AUTHENTICATION_FAILED:
-                reason = "AuthenticationFailed"
+                reason, words = "AuthenticationFailed", "authentication failed"
             elif exc.code == _UNAUTHORIZED:
-                reason = "PermissionDenied"
-            elif "not locked" in detail:
-                reason = "NotLocked"
+                reason, words = "PermissionDenied", "not authorized"
+            elif "not locked" in errmsg:
+                reason, words = "NotLocked", "the server holds no fsync lock"
             else:
-                reason = "QueryFailed"
-            raise StepError(reason, f"{action} on {where}: {detail}") from None
+                reason, words = "QueryFailed", "the server refused it"
+            raise StepError(
+                reason, f"{action} on {where}: {words} (error code {exc.code} {code_name})"
+            ) from None
         except ConnectionFailure as exc:
             # Server selection errors append a long topology description after the cause.
             detail = self._address.redact(str(exc)).split(", Timeout:")[0]

@@ -7,21 +7,29 @@ retries) end each request, and asyncio.wait_for bounds the whole call.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
 
-from snapgroup.ports import StepError
+from snapgroup.ports import ClockSample, NewestObject, StepError
 
 _CREDENTIAL_ERRORS = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken"}
 )
 _TRUE = frozenset({"true", "1", "yes", "on"})
+
+_TICK_WATCH = 1.2
+"""Seconds to watch the Date header for its next second."""
+_TICK_POLL = 0.01
+"""Seconds between Date requests while watching: the clock sample's resolution."""
 
 T = TypeVar("T")
 
@@ -110,19 +118,40 @@ class ObjectStoreConnection:
         """True when the bucket exists and the keys may read it; StepError on bad keys."""
         return await self._call(f"checking bucket {bucket}", self._client.bucket_exists, bucket)
 
-    async def newest_object_time(self, bucket: str, prefix: str) -> datetime | None:
-        """The newest LastModified of the objects under prefix, or None when there are none."""
+    async def newest_object_time(
+        self, bucket: str, prefix: str, start_after: str, max_objects: int
+    ) -> NewestObject:
+        """The newest LastModified among at most max_objects keys under prefix after start_after.
+
+        Bounded in memory (only the newest is kept) and in requests (max_objects / 1000 pages):
+        a listing cut short by the timeout stops its worker thread at the next key. The SDK
+        fetches pages (1000 keys each) lazily, so pages past the cap are never requested.
+        """
         return await self._call(
-            f"listing bucket {bucket}", self._newest_object_time, bucket, prefix
+            f"listing bucket {bucket}", self._newest_object_time, bucket, prefix, start_after,
+            max_objects, stoppable=True,
         )
+
+    async def clock_sample(self) -> ClockSample:
+        """The server's Date header at one of its second boundaries (see `_clock_sample`)."""
+        return await self._call("reading the server clock", self._clock_sample, stoppable=True)
 
     async def close(self) -> None:
         """Drop the pooled connections."""
         self._pool.clear()
 
-    def _newest_object_time(self, bucket: str, prefix: str) -> datetime | None:
+    def _newest_object_time(
+        self, stop: threading.Event, bucket: str, prefix: str, start_after: str, max_objects: int
+    ) -> NewestObject:
         newest: datetime | None = None
-        for obj in self._client.list_objects(bucket, prefix=prefix or None, recursive=True):
+        listed = 0
+        objects = self._client.list_objects(
+            bucket, prefix=prefix or None, recursive=True, start_after=start_after or None,
+        )
+        for obj in objects:
+            if stop.is_set() or listed == max_objects:
+                return NewestObject(newest, listed, complete=False)
+            listed += 1
             modified = obj.last_modified
             if modified is None:
                 continue
@@ -130,15 +159,55 @@ class ObjectStoreConnection:
                 modified = modified.replace(tzinfo=UTC)
             if newest is None or modified > newest:
                 newest = modified
-        return newest
+        return NewestObject(newest, listed, complete=True)
 
-    async def _call(self, action: str, run: Callable[..., T], *args: object) -> T:
-        """Run one blocking SDK call in a thread within the timeout, translating its failures."""
+    def _date(self) -> tuple[datetime, datetime, datetime]:
+        """(operator time before, the server's Date header, operator time after) of one HEAD /.
+
+        Unsigned: no credentials travel, and any answer (even 403) carries the Date header.
+        """
+        scheme = "https" if self._address.secure else "http"
+        before = datetime.now(UTC)
+        response = self._pool.request("HEAD", f"{scheme}://{self._address.endpoint}/")
+        after = datetime.now(UTC)
+        header = response.headers.get("Date")
+        if not header:
+            raise StepError("QueryFailed", f"{self._address.describe()} sent no Date header")
+        return before, parsedate_to_datetime(header).astimezone(UTC), after
+
+    def _clock_sample(self, stop: threading.Event) -> ClockSample:
+        """A Date header has whole seconds: watch it until it ticks over, which happened at a
+        known server time (the new second) between the last two requests, so the sample's
+        resolution is the polling interval, not one second. After about a second without a tick
+        (a slow server), the first answer is the sample, with one second of resolution."""
+        first_before, first_date, first_after = last = self._date()
+        deadline = first_after + timedelta(seconds=min(_TICK_WATCH, self._timeout / 2))
+        while not stop.is_set() and datetime.now(UTC) < deadline:
+            time.sleep(_TICK_POLL)
+            before, date, after = self._date()
+            if date > last[1]:
+                # The server's clock reached `date` after last's request went out and before
+                # this answer came back.
+                return ClockSample(last[0], date, after, resolution=0.0)
+            last = (before, date, after)
+        return ClockSample(first_before, first_date, first_after, resolution=1.0)
+
+    async def _call(
+        self, action: str, run: Callable[..., T], *args: object, stoppable: bool = False
+    ) -> T:
+        """Run one blocking SDK call in a thread within the timeout, translating its failures.
+
+        A stoppable run takes a `threading.Event` first, set when the call is given up (timeout
+        or cancellation), so its worker thread stops too.
+        """
         where = self._address.describe()
+        stop = threading.Event()
         try:
-            # A thread cannot be cancelled: when wait_for gives up, the urllib3 timeouts still
-            # end the request in the worker thread shortly after.
-            return await asyncio.wait_for(asyncio.to_thread(run, *args), self._timeout)
+            # A thread cannot be cancelled: when wait_for gives up, the stop flag and the urllib3
+            # timeouts end the work in the worker thread shortly after.
+            return await asyncio.wait_for(
+                asyncio.to_thread(run, *((stop, *args) if stoppable else args)), self._timeout
+            )
         except TimeoutError:
             raise StepError(
                 "Timeout", f"{action} on {where} took longer than {self._timeout:g}s"
@@ -155,7 +224,11 @@ class ObjectStoreConnection:
         except ValueError as exc:
             # The SDK checks names before sending anything, e.g. "invalid bucket name x".
             raise StepError("LastRecordInvalid", f"{action}: {exc}") from None
+        except StepError:
+            raise
         except MinioException as exc:
             raise StepError(
                 "QueryFailed", f"{action} on {where}: {self._address.redact(str(exc))}"
             ) from None
+        finally:
+            stop.set()

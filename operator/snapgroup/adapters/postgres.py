@@ -11,15 +11,17 @@ import contextlib
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, datetime, tzinfo
 from typing import Any, TypeVar
 
 import psycopg
 import psycopg.abc
 from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.postgres import types as pg_types
 
-from snapgroup.ports import StepError
+from snapgroup.api.snapshotgroup import split_table
+from snapgroup.ports import ClockSample, StepError
 
 APPLICATION_NAME = "snapgroup"
 """Shown in pg_stat_activity for the operator's sessions."""
@@ -31,6 +33,22 @@ _AUTH_FAILURE_MARKERS = ("authentication failed", "pg_hba.conf", "role \"")
 """libpq reports connection failures as text only (no SQLSTATE); these phrases mean credentials."""
 
 T = TypeVar("T")
+
+_STATEMENT_TIMEOUT_SHARE = 0.8
+_LOCK_TIMEOUT_SHARE = 0.5
+"""statement_timeout and lock_timeout of a record read, as shares of the call timeout: a lock
+wait is reported as one, and both end before the client gives up."""
+
+
+def _oid(name: str) -> int:
+    info = pg_types.get(name)
+    assert info is not None
+    return info.oid
+
+
+_TIMESTAMPTZ_OID, _TIMESTAMP_OID, _DATE_OID = (
+    _oid("timestamptz"), _oid("timestamp"), _oid("date")
+)
 
 
 @dataclass(frozen=True)
@@ -178,21 +196,49 @@ class PostgresConnection:
     async def newest_record(
         self, table: str | None, column: str | None, query: str | None
     ) -> datetime | None:
-        """max(column) of table (identifiers quoted; ``schema.table`` allowed), or the query's
-        single value; both run in a READ ONLY transaction. A timestamp without time zone is
-        taken as UTC."""
+        """max(column) of table, or the query's single value, in a READ ONLY transaction with
+        statement and lock timeouts.
+
+        Table and column are quoted as identifiers (``schema.table`` split on its dot). The query
+        goes through the extended protocol, so the server refuses anything but one statement. A
+        `timestamp without time zone` is read in the session's TimeZone; a `date` is refused.
+        """
         statement: psycopg.abc.Query
         if query:
-            # The spec's own query, verbatim; READ ONLY keeps it from changing anything.
-            statement = query.encode()
+            statement, what = query, "the lastRecord query"
         elif table and column:
             statement = sql.SQL("SELECT max({}) FROM {}").format(
-                sql.Identifier(column), sql.Identifier(*table.split("."))
+                sql.Identifier(column), sql.Identifier(*split_table(table))
             )
+            what = f"lastRecord column {column} of table {table}"
         else:
             raise StepError("LastRecordInvalid", "lastRecord needs table and column, or query")
-        value = await self._call("reading the newest record", lambda: self._read_only(statement))
-        return _as_time(value)
+        value, type_oid = await self._call(
+            f"reading {what}", lambda: self._read_only(statement), subject=what
+        )
+        return self._as_time(value, type_oid, what)
+
+    async def column_indexed(self, table: str, column: str) -> bool:
+        """True when an index of the table has the column as its first key (max() then reads one
+        index entry instead of scanning the table)."""
+        qualified = sql.Identifier(*split_table(table)).as_string(self._conn)
+        statement = sql.SQL(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a"
+            " ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+            " WHERE i.indrelid = to_regclass({}) AND a.attname = {})"
+        ).format(sql.Literal(qualified), sql.Literal(column))
+        return bool(await self._call("looking for an index", lambda: self._scalar(statement)))
+
+    async def clock_sample(self) -> ClockSample:
+        """The server's clock_timestamp() between two readings of the operator's clock."""
+        before = datetime.now(UTC)
+        value = await self._call(
+            "reading the server clock", lambda: self._scalar(sql.SQL("SELECT clock_timestamp()"))
+        )
+        after = datetime.now(UTC)
+        if not isinstance(value, datetime):
+            raise StepError("QueryFailed", f"{self._address.describe()} returned no clock time")
+        return ClockSample(before, value, after, resolution=1e-6)
 
     async def terminate_sessions(self, application_name: str) -> int:
         """End every other session named application_name (pg_terminate_backend); how many."""
@@ -209,12 +255,55 @@ class PostgresConnection:
         with contextlib.suppress(TimeoutError, psycopg.Error):
             await asyncio.wait_for(self._conn.close(), self._timeout)
 
-    async def _read_only(self, statement: psycopg.abc.Query) -> object:
+    async def _read_only(self, statement: psycopg.abc.Query) -> tuple[object, int]:
+        """The first value of the statement's first row and its type oid, read-only, bounded."""
+        # The server's own timeouts end the statement first, a little before the client gives
+        # up: the session (maybe holding the backup) stays usable.
+        statement_ms = max(1, int(self._timeout * 1000 * _STATEMENT_TIMEOUT_SHARE))
+        lock_ms = max(1, int(self._timeout * 1000 * _LOCK_TIMEOUT_SHARE))
         async with self._conn.transaction(), self._conn.cursor() as cur:
-            await cur.execute(b"SET TRANSACTION READ ONLY")
-            await cur.execute(statement)
+            await cur.execute(
+                sql.SQL(
+                    "SET TRANSACTION READ ONLY; SET LOCAL statement_timeout = {};"
+                    " SET LOCAL lock_timeout = {}"
+                ).format(sql.Literal(statement_ms), sql.Literal(lock_ms))
+            )
+            # Binary results force the extended protocol: one Parse, one statement. The simple
+            # protocol would run `COMMIT; DROP TABLE ...` as three.
+            await cur.execute(statement, binary=True)
+            if cur.description is None or len(cur.description) != 1:
+                raise StepError(
+                    "LastRecordInvalid",
+                    "the lastRecord query must return exactly one column, the newest record time",
+                )
+            type_oid = cur.description[0].type_code
             row = await cur.fetchone()
-        return None if row is None else row[0]
+        return (None if row is None else row[0]), type_oid
+
+    def _as_time(self, value: object, type_oid: int, what: str) -> datetime | None:
+        if type_oid == _DATE_OID:
+            raise StepError(
+                "LastRecordInvalid",
+                f"{what} is a date: it has no time of day, so no record can be placed before or "
+                "after the cut; point lastRecord at a timestamp column",
+            )
+        if type_oid not in (_TIMESTAMPTZ_OID, _TIMESTAMP_OID):
+            raise StepError(
+                "LastRecordInvalid",
+                f"{what} is not a timestamp (type oid {type_oid}); point lastRecord at a "
+                "timestamp with time zone column",
+            )
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            # timestamp without time zone: the wall time as the server's TimeZone reads it.
+            value = value.replace(tzinfo=self.time_zone())
+        return value.astimezone(UTC)
+
+    def time_zone(self) -> tzinfo:
+        """The session's TimeZone, as the server reported it."""
+        return self._conn.info.timezone
 
     async def _scalar(self, statement: psycopg.abc.Query) -> object:
         async with self._conn.cursor() as cur:
@@ -224,8 +313,13 @@ class PostgresConnection:
             raise StepError("QueryFailed", f"{self._address.describe()} returned no row")
         return row[0]
 
-    async def _call(self, action: str, run: Callable[[], Awaitable[T]]) -> T:
-        """Run one exchange with the server within the timeout, translating its failures."""
+    async def _call(
+        self, action: str, run: Callable[[], Awaitable[T]], subject: str | None = None
+    ) -> T:
+        """Run one exchange with the server within the timeout, translating its failures.
+
+        subject names what the spec pointed at (for messages about missing objects).
+        """
         where = self._address.describe()
         if self._conn.closed:
             raise StepError("SessionLost", f"{action}: the session to {where} has ended")
@@ -236,36 +330,53 @@ class PostgresConnection:
                 "Timeout", f"{action} on {where} took longer than {self._timeout:g}s"
             ) from None
         except psycopg.Error as exc:
-            raise self._step_error(action, exc) from None
+            raise self._step_error(action, exc, subject) from None
 
-    def _step_error(self, action: str, exc: psycopg.Error) -> StepError:
+    def _step_error(self, action: str, exc: psycopg.Error, subject: str | None) -> StepError:
+        """Our words and the SQLSTATE; never the server's message, which can quote data."""
         where = self._address.describe()
-        detail = self._address.redact(exc.diag.message_primary or str(exc).split("\n")[0])
+        code = f"SQLSTATE {exc.sqlstate} {type(exc).__name__}" if exc.sqlstate else type(exc).__name__
         if self._conn.broken or self._conn.closed:
-            return StepError("SessionLost", f"{action}: the session to {where} ended: {detail}")
+            return StepError("SessionLost", f"{action}: the session to {where} ended ({code})")
         if isinstance(exc, errors.UndefinedTable | errors.UndefinedColumn | errors.InvalidSchemaName):
-            return StepError("LastRecordNotFound", f"{action} on {where}: {detail}")
+            return StepError(
+                "LastRecordNotFound",
+                f"{action} on {where}: {subject or 'a table or column'} does not exist or is not "
+                f"visible to this user ({code})",
+            )
         if isinstance(exc, errors.InsufficientPrivilege):
             return StepError(
                 "PermissionDenied",
-                f"{action} on {where}: {detail}; grant the user the needed privilege "
-                "(e.g. EXECUTE on pg_backup_start and pg_backup_stop)",
+                f"{action} on {where}: permission denied ({code}); grant the user the needed "
+                "privilege (SELECT on the lastRecord table; EXECUTE on pg_backup_start and "
+                "pg_backup_stop for the backup role)",
             )
         if isinstance(exc, errors.ObjectNotInPrerequisiteState):
-            reason = "BackupNotInProgress" if "not in progress" in detail else "BackupInProgress"
-            return StepError(reason, f"{action} on {where}: {detail}")
-        return StepError("QueryFailed", f"{action} on {where}: {detail}")
-
-
-def _as_time(value: object) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    if isinstance(value, date):
-        return datetime.combine(value, time(), UTC)
-    raise StepError(
-        "LastRecordInvalid",
-        f"the newest record is of type {type(value).__name__}, not a timestamp; "
-        "point lastRecord at a timestamp column",
-    )
+            # Classified by the server's words, which are not passed on.
+            not_running = "not in progress" in (exc.diag.message_primary or "")
+            reason = "BackupNotInProgress" if not_running else "BackupInProgress"
+            state = "no backup is in progress" if not_running else "a backup is already in progress"
+            return StepError(reason, f"{action} on {where}: {state} on this session ({code})")
+        if isinstance(exc, errors.SyntaxError):
+            return StepError(
+                "LastRecordInvalid",
+                f"{action} on {where}: the server refused it as not one valid statement ({code})",
+            )
+        if isinstance(exc, errors.ReadOnlySqlTransaction):
+            return StepError(
+                "LastRecordInvalid",
+                f"{action} on {where}: it tried to write in a read-only transaction ({code})",
+            )
+        if isinstance(exc, errors.QueryCanceled | errors.LockNotAvailable):
+            return StepError(
+                "Timeout",
+                f"{action} on {where}: stopped by the server's "
+                f"{'lock' if isinstance(exc, errors.LockNotAvailable) else 'statement'} timeout, "
+                f"set from connection.timeout {self._timeout:g}s ({code})",
+            )
+        if isinstance(exc, psycopg.DataError):
+            return StepError(
+                "LastRecordInvalid",
+                f"{action} on {where}: a value could not be converted ({code})",
+            )
+        return StepError("QueryFailed", f"{action} on {where} failed ({code})")

@@ -35,3 +35,15 @@ so the safety net can repair a server whose group vanished."""
 def lease_name(key: str) -> str:
     """The exclusion Lease of a target key such as ``workload:Deployment/x``: short, valid, stable."""
     return "snapgroup-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+LABEL_VALUE_LIMIT = 63
+
+
+def label_value(name: str) -> str:
+    """An object name (up to 253 characters) as a label value (at most 63): long names are cut
+    and a hash of the whole name added, so distinct names stay distinct."""
+    if len(name) <= LABEL_VALUE_LIMIT:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: LABEL_VALUE_LIMIT - len(digest) - 1].rstrip('-.')}-{digest}"

@@ -97,12 +97,15 @@ class Retention(ApiModel):
     """
 
     succeeded: int | None = Field(default=None, ge=0)
-    """Keep this many of the newest Succeeded groups; older ones are pruned."""
+    """Keep this many of the newest good groups (Succeeded and Consistent=True); older ones are
+    pruned."""
     failed: int | None = Field(default=None, ge=0)
-    """Keep this many of the newest Failed groups; older ones are pruned."""
+    """Keep this many of the newest other finished groups (Failed, or Succeeded without
+    Consistent=True); older ones are pruned. They never count against `succeeded`."""
     max_age: Duration | None = None
-    """Prune finished groups created longer ago than this (e.g. 168h), except the newest
-    Succeeded group, so a schedule that stopped succeeding still keeps its last good snapshots."""
+    """Prune finished groups created longer ago than this (e.g. 168h), except the newest good
+    group (Succeeded and Consistent=True), so a schedule that stopped succeeding still keeps its
+    last good snapshots."""
 
 
 class ScheduledSnapshotGroupSpec(ApiModel):
@@ -160,7 +163,7 @@ class ScheduledSnapshotGroupStatus(ApiModel):
     next_schedule_time: datetime | None = None
     """The next tick; empty while suspended or while the spec is invalid."""
     last_successful_group: str | None = None
-    """Name of the newest group that Succeeded."""
+    """Name of the newest group that Succeeded with Consistent=True."""
     last_successful_time: datetime | None = None
     """When that group completed."""
     active: list[str] = Field(default_factory=list)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, JsonValue, model_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from snapgroup.api.base import (
     ApiModel,
@@ -73,6 +73,53 @@ class Connection(ApiModel):
     """Timeout of each call to the service (connect, quiesce, resume, query)."""
 
 
+_SQL_NAME = r'(?:[^."\x00]{1,63}|"(?:[^"\x00]|""){1,63}")'
+TABLE_PATTERN = rf"^{_SQL_NAME}(?:\.{_SQL_NAME})?$"
+"""``table`` or ``schema.table``; a part holding a dot is written in double quotes (``"a.b"``, a
+quote inside doubled). Parts are taken literally (no case folding) and always quoted as
+identifiers, never pasted into SQL."""
+
+TableName = Annotated[str, Field(max_length=256, pattern=TABLE_PATTERN)]
+ColumnName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[^\x00]+$")]
+SqlQuery = Annotated[str, Field(min_length=1, max_length=4096)]
+MongoDatabaseName = Annotated[str, Field(max_length=63, pattern=r'^[^/\\. "$*<>:|?\x00]+$')]
+MongoCollectionName = Annotated[str, Field(max_length=255, pattern=r"^[^$\x00]+$")]
+MongoFieldPath = Annotated[
+    str, Field(max_length=255, pattern=r"^[^$.\x00][^.\x00]*(\.[^$.\x00][^.\x00]*)*$")
+]
+"""Dotted path of plain field names: no segment starts with $ (no query operators)."""
+BucketName = Annotated[
+    str, Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+]
+ObjectKeyPrefix = Annotated[str, Field(max_length=1024, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+def split_table(name: str) -> tuple[str, ...]:
+    """``schema.table`` as its parts, unquoting ``"..."`` parts; `TABLE_PATTERN` holds."""
+    parts: list[str] = []
+    i = 0
+    while i < len(name):
+        if name[i] == '"':
+            j, text = i + 1, []
+            while j < len(name):
+                if name[j] == '"' and name[j + 1 : j + 2] == '"':
+                    text.append('"')
+                    j += 2
+                elif name[j] == '"':
+                    break
+                else:
+                    text.append(name[j])
+                    j += 1
+            parts.append("".join(text))
+            i = j + 2  # past the closing quote and the dot
+        else:
+            end = name.find(".", i)
+            end = len(name) if end < 0 else end
+            parts.append(name[i:end])
+            i = end + 1
+    return tuple(parts)
+
+
 class LastRecord(ApiModel):
     """Where a service keeps its newest record, so the cut can be checked against it.
 
@@ -81,23 +128,38 @@ class LastRecord(ApiModel):
     MinIO: `bucket` and optional `prefix` (the newest object's LastModified).
     """
 
-    table: str | None = None
-    """PostgreSQL: table holding the records (may be schema-qualified)."""
-    column: str | None = None
-    """PostgreSQL: timestamp column of that table."""
-    query: str | None = None
-    """PostgreSQL: a read-only query returning the newest record time as one value."""
-    database: str | None = None
+    table: TableName | None = None
+    """PostgreSQL: table holding the records, ``table`` or ``schema.table`` (a part holding a dot
+    in double quotes); quoted as an identifier, case kept."""
+    column: ColumnName | None = None
+    """PostgreSQL: `timestamp with time zone` column of that table (`timestamp without time zone`
+    is read in the server's TimeZone; `date` is refused)."""
+    query: SqlQuery | None = None
+    """PostgreSQL: exactly one SELECT (or WITH) statement returning the newest record time as one
+    value; run read-only with statement and lock timeouts."""
+    database: MongoDatabaseName | None = None
     """MongoDB: database name."""
-    collection: str | None = None
+    collection: MongoCollectionName | None = None
     """MongoDB: collection name."""
-    field: str | None = None
-    """MongoDB: date field of the documents."""
-    bucket: str | None = None
+    field: MongoFieldPath | None = None
+    """MongoDB: date field of the documents (a dotted path; no segment starts with $)."""
+    bucket: BucketName | None = None
     """MinIO: bucket name."""
-    prefix: str | None = None
-    """MinIO: object key prefix; empty means the whole bucket."""
+    prefix: ObjectKeyPrefix | None = None
+    """MinIO: object key prefix; empty means the whole bucket. The newest record is looked for
+    among at most `maxObjects` keys listed from `startAfter`."""
+    start_after: ObjectKeyPrefix | None = None
+    """MinIO: list keys after this one (e.g. yesterday's key when keys sort by time)."""
+    max_objects: int | None = Field(default=None, ge=1, le=1000000)
+    """MinIO: most object keys listed for the newest record (default 10000); when more are
+    there, the newest record (and so Consistent) is Unknown. Bounds the read in time and memory."""
+    secret_ref: SecretRef | None = None
+    """A Secret (same layout as connection.secretRef) for a separate session that only reads the
+    newest record: a least-privileged role, not the backup role."""
 
+
+DEFAULT_MAX_OBJECTS = 10000
+"""lastRecord.maxObjects when unset."""
 
 LAST_RECORD_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     # Each type accepts any one of these field sets.
@@ -216,13 +278,14 @@ class SnapshotGroupSpec(ApiModel):
     """How many times a failed attempt (operator restart, API errors, freeze budget, lost session)
     is retried after it was undone, like a Job's backoffLimit. A bad spec is never retried."""
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> SnapshotGroupSpec:
-        names = [s.name for s in self.services]
+    @field_validator("services")
+    @classmethod
+    def _unique_names(cls, services: list[ServiceTarget]) -> list[ServiceTarget]:
+        names = [s.name for s in services]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"services: names must be unique, repeated: {', '.join(dupes)}")
-        return self
+            raise ValueError(f"names must be unique, repeated: {', '.join(dupes)}")
+        return services
 
     @property
     def freeze_budget_delta(self) -> timedelta:

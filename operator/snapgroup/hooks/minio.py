@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from snapgroup.api.snapshotgroup import LastRecord, ServiceTarget
+from snapgroup.api.snapshotgroup import DEFAULT_MAX_OBJECTS, LastRecord, ServiceTarget
+from snapgroup.hooks.evidence import scan_evidence
 from snapgroup.hooks.registry import HookContext, UndoRecord, register
 from snapgroup.hooks.services import BoundService, ServiceHookType
 from snapgroup.ports import Connectors, ObjectStoreSession, PlanError
@@ -30,9 +31,16 @@ class ObjectStoreService(BoundService[ObjectStoreSession]):
         return NOT_QUIESCED
 
     async def read_newest(self, last_record: LastRecord) -> datetime | None:
-        """Newest LastModified under lastRecord.bucket / prefix."""
+        """Newest LastModified among at most lastRecord.maxObjects keys under bucket/prefix after
+        startAfter. When more are there, the evidence says the read is incomplete (the verdict
+        is then Unknown), and the newest seen is kept only as a hint."""
         assert last_record.bucket
-        return await self.session.newest_object_time(last_record.bucket, last_record.prefix or "")
+        found = await self.reader.newest_object_time(
+            last_record.bucket, last_record.prefix or "", last_record.start_after or "",
+            last_record.max_objects or DEFAULT_MAX_OBJECTS,
+        )
+        self._evidence.update(scan_evidence(found.listed, found.complete))
+        return found.newest
 
 
 @register

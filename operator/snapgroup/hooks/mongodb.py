@@ -121,7 +121,7 @@ class MongoLock(BoundService[MongoSession]):
     async def read_newest(self, last_record: LastRecord) -> datetime | None:
         """The greatest date in lastRecord.field of the collection."""
         assert last_record.database and last_record.collection and last_record.field
-        return await self.session.newest_record(
+        return await self.reader.newest_record(
             last_record.database, last_record.collection, last_record.field
         )
 

@@ -15,7 +15,8 @@ from datetime import datetime
 from snapgroup.api.snapshotgroup import LastRecord, ServiceTarget
 from snapgroup.hooks.registry import HookContext, UndoRecord, register
 from snapgroup.hooks.services import BoundService, ServiceHookType
-from snapgroup.ports import Connectors, PostgresSession, StepError
+from snapgroup.hooks.sql_statement import statement_problem
+from snapgroup.ports import Connectors, PlanError, PostgresSession, StepError
 
 SESSION_ENDED = (
     "the backup ended with its session: PostgreSQL aborts a non-exclusive backup when the "
@@ -71,9 +72,22 @@ class PostgresBackup(BoundService[PostgresSession]):
 
     async def read_newest(self, last_record: LastRecord) -> datetime | None:
         """max(column) of table, or the configured query, read-only."""
-        return await self.session.newest_record(
+        return await self.reader.newest_record(
             last_record.table, last_record.column, last_record.query
         )
+
+    async def check_last_record(self, last_record: LastRecord, path: str) -> None:
+        """Also warn when max(column) must scan the whole table inside the freeze window."""
+        await super().check_last_record(last_record, path)
+        if last_record.table and last_record.column and not await self.reader.column_indexed(
+            last_record.table, last_record.column
+        ):
+            self.warnings.append(PlanError(
+                "LastRecordNotIndexed", f"{path}.lastRecord.column",
+                f"no index of table {last_record.table} leads with column {last_record.column}: "
+                "reading the newest record scans the whole table while everything is frozen; "
+                f"CREATE INDEX ON {last_record.table} ({last_record.column})",
+            ))
 
 
 @register
@@ -92,11 +106,19 @@ class PostgresqlHookType(ServiceHookType[PostgresSession]):
     async def bind(
         self, ctx: HookContext, service: ServiceTarget, session: PostgresSession, path: str
     ) -> PostgresBackup:
-        """Check the server answers and that lastRecord can be read (a read-only query)."""
+        """Refuse a lastRecord query that is not one read statement; check the server answers.
+
+        The generic plan then reads lastRecord once (read-only) to prove it works.
+        """
+        query = service.last_record.query if service.last_record else None
+        problem = statement_problem(query) if query else None
+        if problem is not None:
+            raise PlanError(
+                "LastRecordQueryRejected", f"{path}.lastRecord.query",
+                f"the query must be exactly one read statement: {problem}",
+            )
         version = await session.server_version()
-        hook = PostgresBackup(ctx, service, session, version)
-        await hook.newest_record()
-        return hook
+        return PostgresBackup(ctx, service, session, version)
 
     async def recover(
         self, ctx: HookContext, key: str, record: UndoRecord, side_effect_done: bool

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from snapgroup.ports import Cluster, Connectors
+from snapgroup.ports import Cluster, Connectors, PlanError
 
 UndoRecord = dict[str, Any]
 ParamsT = TypeVar("ParamsT", bound=BaseModel)
@@ -132,6 +132,10 @@ class ServiceHook(BoundHook):
     def evidence(self) -> dict[str, str]:
         """Type-specific proof of quiesce for the status (LSNs, lock counts)."""
         return {}
+
+    def plan_warnings(self) -> list[PlanError]:
+        """What the plan found worth a warning but no reason to stop."""
+        return []
 
 
 class HookType(ABC, Generic[ParamsT]):

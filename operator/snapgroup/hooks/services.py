@@ -16,12 +16,17 @@ from pydantic import BaseModel
 
 from snapgroup.api.base import parse_duration
 from snapgroup.api.snapshotgroup import LastRecord, ServiceTarget
+from snapgroup.hooks.evidence import skew_of
 from snapgroup.hooks.registry import BoundHook, HookContext, HookType, ServiceHook, UndoRecord
-from snapgroup.ports import Connectors, PlanError, StepError
+from snapgroup.ports import ClockSample, Connectors, PlanError, StepError
 
 
 class Session(Protocol):
-    """Any service session: it can be closed."""
+    """Any service session: it can read the server's clock, and be closed."""
+
+    async def clock_sample(self) -> ClockSample:
+        """The server's clock between two readings of the operator's."""
+        ...
 
     async def close(self) -> None:
         """Release the connection."""
@@ -43,15 +48,26 @@ def call_timeout(service: ServiceTarget) -> float:
     return parse_duration(service.connection.timeout).total_seconds()
 
 
-def plan_error(exc: StepError, path: str, secret_name: str) -> PlanError:
+def plan_error(
+    exc: StepError, path: str, secret_name: str, secret_field: str = "connection.secretRef.name"
+) -> PlanError:
     """The PlanError for a failed connection or session test, naming the field to fix."""
     if exc.reason in _SECRET_REASONS:
-        return PlanError(
-            exc.reason, f"{path}.connection.secretRef.name", f"Secret {secret_name}: {exc.message}"
-        )
+        return PlanError(exc.reason, f"{path}.{secret_field}", f"Secret {secret_name}: {exc.message}")
     if exc.reason in _LAST_RECORD_REASONS:
         return PlanError(exc.reason, f"{path}.lastRecord", exc.message)
     return PlanError(exc.reason, f"{path}.connection", exc.message)
+
+
+def record_plan_error(exc: StepError, path: str, service: ServiceTarget) -> PlanError:
+    """The PlanError for a failed newest-record read at plan time: it names lastRecord, or the
+    Secret of the session that read it."""
+    reader = service.last_record.secret_ref if service.last_record else None
+    if exc.reason in _SECRET_REASONS:
+        if reader is not None:
+            return plan_error(exc, path, reader.name, "lastRecord.secretRef.name")
+        return plan_error(exc, path, service.connection.secret_ref.name)
+    return PlanError(exc.reason, f"{path}.lastRecord", exc.message)
 
 
 def _spell_key(key: str) -> str:
@@ -64,10 +80,11 @@ def _spell_layouts(layouts: SecretKeys) -> str:
 
 
 async def read_secret(
-    ctx: HookContext, name: str, path: str, service_type: str, layouts: SecretKeys
+    ctx: HookContext, name: str, path: str, service_type: str, layouts: SecretKeys,
+    secret_field: str = "connection.secretRef.name",
 ) -> dict[str, str]:
     """The connection Secret's data; PlanError SecretNotFound or SecretIncomplete otherwise."""
-    field = f"{path}.connection.secretRef.name"
+    field = f"{path}.{secret_field}"
     data = await ctx.cluster.get_secret(ctx.namespace, name)
     if data is None:
         raise PlanError(
@@ -105,6 +122,11 @@ class BoundService(ServiceHook, Generic[SessionT]):
         self.server = server
         """Where the server is (``host:port``), read from the Secret: two groups never quiesce
         one server at once."""
+        self.reader: SessionT = session
+        """The session that reads the newest record: the quiesce session, or one of its own
+        (lastRecord.secretRef)."""
+        self.warnings: list[PlanError] = []
+        """Problems the plan found that do not stop the group (e.g. an unindexed column)."""
         self._evidence: dict[str, str] = {}
         self._released = False
 
@@ -126,6 +148,10 @@ class BoundService(ServiceHook, Generic[SessionT]):
         """Type-specific proof of quiesce gathered so far."""
         return dict(self._evidence)
 
+    def plan_warnings(self) -> list[PlanError]:
+        """What the plan found worth a warning (see `warnings`)."""
+        return list(self.warnings)
+
     async def newest_record(self) -> datetime | None:
         """Newest record per spec lastRecord; None when lastRecord is not configured."""
         if self.service.last_record is None:
@@ -134,11 +160,21 @@ class BoundService(ServiceHook, Generic[SessionT]):
 
     @abstractmethod
     async def read_newest(self, last_record: LastRecord) -> datetime | None:
-        """Read the newest record time the way this type stores records."""
+        """Read the newest record time (on `reader`) the way this type stores records."""
+
+    async def check_last_record(self, last_record: LastRecord, path: str) -> None:
+        """At plan time: the newest record can be read, and the server's clock against ours.
+
+        The skew goes into the evidence (the verdict weighs it); subclasses add checks.
+        """
+        await self.read_newest(last_record)
+        self._evidence.update(skew_of(await self.reader.clock_sample()).evidence())
 
     async def release(self) -> None:
-        """Close the session; safe to call more than once (a close that failed is tried again)."""
+        """Close the sessions; safe to call more than once (a close that failed is tried again)."""
         if not self._released:
+            if self.reader is not self.session:
+                await self.reader.close()
             await self.session.close()
             self._released = True
 
@@ -172,16 +208,36 @@ class ServiceHookType(HookType[ServiceTarget], Generic[SessionT]):
                 ctx.connectors, secret, call_timeout(params), ctx.session_name)
         except StepError as exc:
             raise plan_error(exc, path, secret_name) from None
+        hook: BoundService[SessionT] | None = None
         try:
             hook = await self.bind(ctx, params, session, path)
             hook.server = server_address(secret)
-            return [hook]
+            if params.last_record is not None:
+                await self._attach_reader(ctx, hook, params.last_record, path)
+                await hook.check_last_record(params.last_record, path)
+        except BaseException as exc:
+            # Whatever was opened is closed: the hook's sessions once bound, else the session.
+            await (hook.release() if hook is not None else session.close())
+            if not isinstance(exc, StepError):
+                raise
+            if hook is None:
+                raise plan_error(exc, path, secret_name) from None
+            raise record_plan_error(exc, path, params) from None
+        return [hook]
+
+    async def _attach_reader(
+        self, ctx: HookContext, hook: BoundService[SessionT], last_record: LastRecord, path: str
+    ) -> None:
+        """Open lastRecord.secretRef's own session for reading records, when one is named."""
+        if last_record.secret_ref is None:
+            return
+        name, field = last_record.secret_ref.name, "lastRecord.secretRef.name"
+        secret = await read_secret(ctx, name, path, self.name, self.secret_layouts, field)
+        try:
+            hook.reader = await self.connect(
+                ctx.connectors, secret, call_timeout(hook.service), ctx.session_name)
         except StepError as exc:
-            await session.close()
-            raise plan_error(exc, path, secret_name) from None
-        except BaseException:
-            await session.close()
-            raise
+            raise plan_error(exc, path, name, field) from None
 
     async def reconnect(self, ctx: HookContext, key: str, record: UndoRecord) -> SessionT:
         """A fresh session from the journal's connection record, for recovery after a restart.

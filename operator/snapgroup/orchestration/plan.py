@@ -13,7 +13,7 @@ from snapgroup.api.snapshotgroup import HookStep, ServiceTarget, SnapshotGroupSp
 from snapgroup.hooks.registry import BoundHook, HookContext, ServiceHook, lookup
 from snapgroup.orchestration.snapshots import snapshot_name
 from snapgroup.orchestration.window import uncancellable
-from snapgroup.ports import PlanError
+from snapgroup.ports import PlanError, StepError
 
 WRITER_HOOK_TYPE = "scale"
 
@@ -45,6 +45,11 @@ class Plan:
     services: list[PlannedService] = field(default_factory=list)
     steps: list[PlannedStep] = field(default_factory=list)
     problems: list[PlanError] = field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[PlanError]:
+        """Problems that do not stop the group, e.g. an unindexed lastRecord column."""
+        return [w for s in self.services for w in s.hook.plan_warnings()]
 
     @property
     def ok(self) -> bool:
@@ -83,7 +88,11 @@ async def _bind(
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise PlanError("InvalidHookParams", f"{path}.{where}" if where else path, first["msg"]) from exc
-    return await hook_type.plan(ctx, parsed, path)
+    try:
+        return await hook_type.plan(ctx, parsed, path)
+    except StepError as exc:
+        # E.g. the API server refusing a selector that is no label selector: the hook's entry.
+        raise PlanError(exc.reason, path, exc.message) from None
 
 
 async def _resolve_pvcs(
@@ -104,7 +113,10 @@ async def _resolve_pvcs(
     else:
         assert target.pvc_selector is not None
         query = target.pvc_selector.as_query()
-        found = await ctx.cluster.list_pvcs(ctx.namespace, query) if query else []
+        try:
+            found = await ctx.cluster.list_pvcs(ctx.namespace, query) if query else []
+        except StepError as exc:
+            raise PlanError(exc.reason, f"{path}.pvcSelector", exc.message) from None
         if not found:
             problems.append(PlanError(
                 "PVCNotFound", f"{path}.pvcSelector",

@@ -177,6 +177,9 @@ class GroupRun:
                     if set(plan.targets()) <= set(keys):
                         self.journal.status.targets = keys
                         self.journal.event("Normal", "Planned", self._describe(plan))
+                        for warning in plan.warnings:
+                            self.journal.event("Warning", warning.reason,
+                                               f"{warning.field_path}: {warning.message}")
                         await failpoints.reached("plan")
                         return await self._freeze(plan)
                     keys = sorted(set(keys) | set(plan.targets()))

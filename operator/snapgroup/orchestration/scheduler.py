@@ -35,6 +35,7 @@ from snapgroup.orchestration.schedules import (
     group_manifest,
     group_name,
     is_running,
+    newest_good,
     parse_cadence,
     plan_tick,
     rfc3339,
@@ -394,15 +395,14 @@ class Scheduler:
             ),
             observed_generation=generation,
         )
-        succeeded = [g for g in draft.children if g.phase == Phase.SUCCEEDED.value]
-        newest_good = max(succeeded, key=lambda g: (taken_at(g), g.name), default=None)
+        good = newest_good(draft.children)
         new = ScheduledSnapshotGroupStatus(
             observed_generation=generation,
             last_schedule_time=draft.last,
             next_schedule_time=next_time,
-            last_successful_group=newest_good.name if newest_good else old.last_successful_group,
+            last_successful_group=good.name if good else old.last_successful_group,
             last_successful_time=(
-                newest_good.completed_at if newest_good else old.last_successful_time
+                good.completed_at if good else old.last_successful_time
             ),
             active=sorted(g.name for g in draft.running()),
             conditions=[

@@ -3,7 +3,8 @@
 - `parse_cadence` turns ``spec.schedule`` and ``spec.timeZone`` into a `Cadence`, the ticks it
   fires at (cron via croniter, computed in the time zone; ``@every`` intervals in plain UTC).
 - `schedule_origin` and `plan_tick` say which tick, if any, is due now and how many were missed.
-- `decide` applies the concurrency policy; `expired` applies the retention.
+- `decide` applies the concurrency policy; `expired` applies the retention; `is_good` says which
+  groups count as a success (Succeeded and Consistent=True).
 - `group_name`, `schedule_label_value` and `group_manifest` make the children, deterministically:
   two replicas or a restarted operator compute the same name for the same tick.
 """
@@ -22,7 +23,7 @@ from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, 
 
 from snapgroup.api import API_VERSION
 from snapgroup.api.base import parse_duration
-from snapgroup.api.labels import SCHEDULE_LABEL
+from snapgroup.api.labels import SCHEDULE_LABEL, label_value
 from snapgroup.api.schedule import KIND as SCHEDULE_KIND
 from snapgroup.api.schedule import (
     SCHEDULE_PATTERN,
@@ -315,12 +316,31 @@ class Expired:
     """Which limit, in words: ``retention.succeeded=3`` or ``retention.maxAge=168h``."""
 
 
+def is_good(group: ScheduledGroup) -> bool:
+    """A backup worth keeping: Succeeded and judged Consistent=True.
+
+    A group that succeeded with Consistent False or Unknown holds snapshots that do not describe
+    one moment (or nobody could tell); for schedules it is not a success.
+    """
+    return group.phase == Phase.SUCCEEDED.value and group.consistent is True
+
+
+def newest_good(groups: Sequence[ScheduledGroup]) -> ScheduledGroup | None:
+    """The newest good group (`is_good`): the schedule's lastSuccessfulGroup."""
+    return max(
+        (g for g in groups if is_good(g)),
+        key=lambda g: (taken_at(g), g.name), default=None,
+    )
+
+
 def expired(groups: Sequence[ScheduledGroup], retention: Retention, now: datetime) -> list[Expired]:
     """Finished groups to prune, oldest first.
 
-    Succeeded and Failed groups are counted separately; the count keeps the newest. maxAge prunes
-    groups created before now - maxAge, except the newest Succeeded group. Running groups and
-    groups already being deleted are never selected.
+    Good groups (`is_good`: Succeeded and Consistent=True) count against retention.succeeded;
+    every other finished group (Failed, or Succeeded but not proven consistent) counts against
+    retention.failed, so inconsistent groups can never push a consistent one out. The count keeps
+    the newest. maxAge prunes groups created before now - maxAge, except the newest good group.
+    Running groups and groups already being deleted are never selected.
     """
     finished = sorted(
         (g for g in groups if not g.deleting and not is_running(g)),
@@ -328,20 +348,18 @@ def expired(groups: Sequence[ScheduledGroup], retention: Retention, now: datetim
         reverse=True,
     )
     verdicts: dict[str, str] = {}
-    for phase, keep, field in (
-        (Phase.SUCCEEDED.value, retention.succeeded, "succeeded"),
-        (Phase.FAILED.value, retention.failed, "failed"),
-    ):
+    for good, keep, field in ((True, retention.succeeded, "succeeded"),
+                              (False, retention.failed, "failed")):
         if keep is None:
             continue
-        of_phase = [g for g in finished if g.phase == phase]
-        for group in of_phase[keep:]:
+        of_kind = [g for g in finished if is_good(g) == good]
+        for group in of_kind[keep:]:
             verdicts[group.name] = f"retention.{field}={keep}"
     if retention.max_age is not None:
         cutoff = now - parse_duration(retention.max_age)
-        newest_good = next((g.name for g in finished if g.phase == Phase.SUCCEEDED.value), None)
+        spared = newest_good(finished)
         for group in finished:
-            if group.name != newest_good and (group.created_at or taken_at(group)) < cutoff:
+            if group is not spared and (group.created_at or taken_at(group)) < cutoff:
                 verdicts.setdefault(group.name, f"retention.maxAge={retention.max_age}")
     return [Expired(g, verdicts[g.name]) for g in reversed(finished) if g.name in verdicts]
 
@@ -368,9 +386,7 @@ def group_name(schedule: str, at: datetime) -> str:
 
 def schedule_label_value(schedule: str) -> str:
     """The schedule's name as a label value (63 characters at most)."""
-    if len(schedule) <= NAME_LIMIT:
-        return schedule
-    return f"{schedule[: NAME_LIMIT - _DIGEST - 1].rstrip('-.')}-{_digest(schedule)}"
+    return label_value(schedule)
 
 
 def children_selector(schedule: str) -> str:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from snapgroup.api import API_VERSION
 from snapgroup.api.base import ConditionStatus
-from snapgroup.api.labels import ATTEMPT_LABEL, GROUP_LABEL, GROUP_UID_LABEL, SERVICE_LABEL
+from snapgroup.api.labels import (
+    ATTEMPT_LABEL,
+    GROUP_LABEL,
+    GROUP_UID_LABEL,
+    SERVICE_LABEL,
+    label_value,
+)
 from snapgroup.api.snapshotgroup import KIND, ServiceStatus
+from snapgroup.hooks.evidence import ClockSkew, record_incomplete, skew_from
 
 SNAPSHOT_API_VERSION = "snapshot.storage.k8s.io/v1"
 _MAX_NAME = 253
@@ -44,7 +51,8 @@ def snapshot_manifest(
         "metadata": {
             "name": snapshot_name(group, service, pvc, attempt),
             "namespace": namespace,
-            "labels": {GROUP_LABEL: group, GROUP_UID_LABEL: group_uid, SERVICE_LABEL: service,
+            # A group's name may be 253 characters long, a label value 63.
+            "labels": {GROUP_LABEL: label_value(group), GROUP_UID_LABEL: group_uid, SERVICE_LABEL: service,
                        ATTEMPT_LABEL: str(attempt)},
             "ownerReferences": [{
                 "apiVersion": API_VERSION, "kind": KIND, "name": group, "uid": group_uid,
@@ -69,21 +77,45 @@ class Verdict:
     """Services holding records newer than the earliest cut."""
 
 
+def _stamp(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%dT%H:%M:%S.%fZ}"
+
+
 def consistency(services: list[ServiceStatus], earliest: datetime | None) -> Verdict:
-    """Judge the group: Consistent when every checked lastRecordTime <= earliest creationTime."""
+    """Judge the group: Consistent when every checked lastRecordTime <= earliest creationTime.
+
+    A service's measured clock skew (its evidence) widens its record time to a span: a record
+    beyond the cut by more than the skew is False; one within the skew of the cut cannot be
+    placed, and neither can a newest record whose read stopped at a bound: Unknown.
+    """
     if earliest is None:
         return Verdict("Unknown", "NotCut", "no snapshot was cut", [])
     checked = [s for s in services if s.last_record_time is not None]
-    newer = [s.name for s in checked if s.last_record_time is not None and s.last_record_time > earliest]
+    skew = {s.name: (skew_from(s.evidence) or ClockSkew(0.0, 0.0)).bound for s in checked}
+    newer = [s for s in checked if s.last_record_time is not None
+             and s.last_record_time - timedelta(seconds=skew[s.name]) > earliest]
     if newer:
-        detail = "; ".join(
-            f"{s.name} has a record at {s.last_record_time:%Y-%m-%dT%H:%M:%S.%fZ}"
-            for s in checked if s.name in newer
-        )
+        detail = "; ".join(f"{s.name} has a record at {_stamp(s.last_record_time)}"
+                           for s in newer if s.last_record_time is not None)
         return Verdict(
             "False", "RecordsNewerThanCut",
-            f"records newer than the earliest cut ({earliest:%Y-%m-%dT%H:%M:%S.%fZ}): {detail}; "
-            "a writer is probably missing from spec.writers", newer)
+            f"records newer than the earliest cut ({_stamp(earliest)}): {detail}; "
+            "a writer is probably missing from spec.writers", [s.name for s in newer])
+    incomplete = [s.name for s in services if record_incomplete(s.evidence)]
+    if incomplete:
+        return Verdict(
+            "Unknown", "LastRecordIncomplete",
+            f"the newest record of {', '.join(incomplete)} is unknown: the read stopped at "
+            "lastRecord.maxObjects before the end; narrow lastRecord.prefix or startAfter", [])
+    unsure = [s for s in checked if s.last_record_time is not None and skew[s.name] > 0
+              and s.last_record_time + timedelta(seconds=skew[s.name]) > earliest]
+    if unsure:
+        detail = "; ".join(
+            f"{s.name}'s clock differs from the operator's by up to {skew[s.name]:.3f}s, and its "
+            f"newest record ({_stamp(s.last_record_time)}) is closer to the cut than that"
+            for s in unsure if s.last_record_time is not None)
+        return Verdict("Unknown", "ClockSkewTooLarge",
+                       f"cannot tell records from the cut ({_stamp(earliest)}): {detail}", [])
     if not checked:
         return Verdict("Unknown", "NoLastRecord",
                        "no service has lastRecord configured, so nothing could be checked", [])

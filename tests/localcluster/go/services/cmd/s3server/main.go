@@ -137,7 +137,8 @@ func newHandler(dataDir, accessKey, secretKey string, logger gofakes3.Logger) (h
 	if err != nil {
 		return nil, fmt.Errorf("opening filesystem backend in %s: %w", dataDir, err)
 	}
-	faker := gofakes3.New(backend,
+	bucketsFs := afero.NewBasePathFs(rootFs, "buckets") // where s3afero keeps the objects
+	faker := gofakes3.New(pagedBackend{backend, bucketsFs},
 		gofakes3.WithLogger(logger),
 		// s3afero keeps no object versions.
 		gofakes3.WithoutVersioning(),

@@ -1,0 +1,1 @@
+"""Hypothesis strategies for SnapshotGroup and ScheduledSnapshotGroup specs, valid and invalid."""
