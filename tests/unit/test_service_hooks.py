@@ -308,7 +308,9 @@ async def test_postgres_backup_round_trip_records_lsns() -> None:
     connectors = FakeConnectors()
     hook = await plan_one("postgresql", with_secret("postgresql"), connectors)
     assert hook.key == "service:my-postgresql"
-    assert hook.intent() == {"label": "snapgroup bleater/nightly-1 my-postgresql"}
+    intent = hook.intent()
+    assert intent["label"] == "snapgroup bleater/nightly-1 my-postgresql"
+    assert intent["secretRef"] == hook.service.connection.secret_ref.name
 
     record = await hook.apply()
     assert record["startLsn"] == "0/2000028"
@@ -451,6 +453,24 @@ async def test_postgres_sessions_are_named_after_the_group_and_recover_closes_le
     message = await postgresql.recover(context(cluster, connectors), hook.key, record, False)
     assert "closed 1 session(s)" in message
     assert connectors.postgres_session.others == {"snapgroup:uid-2": 1}, "only the group's own"
+
+
+async def test_postgres_recover_reconnects_from_the_journal_records() -> None:
+    # A restarted operator has only the journal: the intent (journaled Applying) and the
+    # apply's record (journaled Applied) must each say how to reconnect.
+    connectors = FakeConnectors()
+    cluster = with_secret("postgresql")
+    hook = await plan_one("postgresql", cluster, connectors)
+    intent = hook.intent()
+    applied = await hook.apply()
+    postgresql = lookup("postgresql")
+    assert postgresql is not None
+    for record, done in ((intent, False), (applied, True)):
+        assert record["secretRef"] and record["timeout"], record
+        connectors.postgres_session.others = {"snapgroup:uid-1": 1}
+        connectors.postgres_session.closed = 0  # the fake hands out one session object
+        message = await postgresql.recover(context(cluster, connectors), hook.key, record, done)
+        assert "closed 1 session" in message, message
 
 
 async def test_minio_recover_touches_nothing() -> None:

@@ -39,8 +39,8 @@ class PostgresBackup(BoundService[PostgresSession]):
         self._evidence["serverVersion"] = _version_text(version)
 
     def intent(self) -> UndoRecord:
-        """The backup label, known before acting."""
-        return {"label": self.label}
+        """The backup label, and how a restarted operator reconnects to close the session."""
+        return {**self.connection_record(), "label": self.label}
 
     def quiesce_record(self) -> UndoRecord:
         """How a repair finds and closes the group's session if the group vanishes."""
@@ -50,7 +50,7 @@ class PostgresBackup(BoundService[PostgresSession]):
         """Enter backup mode (with a fast checkpoint); record the start LSN."""
         start = await self.session.backup_start(self.label)
         self._evidence["backupStartLSN"] = start
-        return {"label": self.label, "startLsn": start}
+        return {**self.connection_record(), "label": self.label, "startLsn": start}
 
     async def undo(self, record: UndoRecord) -> str:
         """Leave backup mode on the session that entered it."""
