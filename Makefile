@@ -4,13 +4,14 @@ STATE ?= $(CURDIR)/.localcluster
 export PYTHONPATH := $(CURDIR)/tests$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: help install binaries test check lint typecheck layers crds crds-check hadolint go-test pytest \
-        cluster-up cluster-down demo bench
+        cluster-up cluster-down demo bench chaos
 
 help:
 	@echo "make demo          local cluster + bleater sample + operator + one SnapshotGroup, then its status"
 	@echo "make test          every check and test (lint, types, layers, CRD drift, unit, cluster, e2e)"
 	@echo "make cluster-up    start the local cluster with the bleater sample; cluster-down stops it"
 	@echo "make bench         freeze-window and scale benchmarks, report under docs/benchmarks/"
+	@echo "make chaos         30+ groups with one random fault each, report under docs/chaos/ (SEED=N)"
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -61,3 +62,8 @@ demo: binaries
 
 bench: binaries
 	$(PYTHON) -m benchmarks --report docs/benchmarks
+
+# Outside `make test`: groups back to back, each with one random fault (tests/chaos/).
+GROUPS ?= 30
+chaos: binaries
+	$(PYTHON) -m chaos --groups $(GROUPS) --report docs/chaos $(if $(SEED),--seed $(SEED))
