@@ -111,3 +111,96 @@ def record(outcome: FaultOutcome) -> None:
     rows = json.loads(path.read_text()) if path.exists() else []
     rows = [r for r in rows if r["fault"] != outcome.fault] + [asdict(outcome)]
     path.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+Records = dict[str, dict[int, Any]]
+"""Per service, each record's `{seq: created_at}` as the service holds it."""
+
+
+def read_records(bleater: Bleater) -> Records:
+    """Every service's records, `{seq: created_at}`."""
+    return {service: {r.seq: r.at for r in bleater.records(service)} for service in SERVICES}
+
+
+def records_problems(before: Records, after: Records) -> list[str]:
+    """What is wrong between two readings: a record lost or changed since `before`, services whose
+    sequence sets differ up to the writer's last complete write, gaps. Empty when all is well."""
+    problems = []
+    for service in SERVICES:
+        lost = [seq for seq, at in before[service].items() if after[service].get(seq) != at]
+        if lost:
+            problems.append(f"{service}: {len(lost)} record(s) lost or changed, e.g. seq {lost[:5]}")
+    complete = min(max(after[s], default=0) for s in SERVICES)
+    sets = {s: {seq for seq in after[s] if seq <= complete} for s in SERVICES}
+    reference = sets[SERVICES[0]]
+    for service in SERVICES[1:]:
+        if sets[service] != reference:
+            differ = sorted(sets[service] ^ reference)[:5]
+            problems.append(f"{service}: sequence set differs from {SERVICES[0]} up to {complete}, "
+                            f"e.g. seq {differ}")
+    for service in SERVICES:
+        if not contiguous(sorted(after[service])):
+            problems.append(f"{service}: sequence numbers have gaps or duplicates")
+    return problems
+
+
+def lost_records(before: Records, after: Records) -> int:
+    """How many records of `before` are missing (or changed) in `after`, over every service."""
+    return sum(1 for s in SERVICES for seq, at in before[s].items() if after[s].get(seq) != at)
+
+
+def assert_records_kept(bleater: Bleater, before: Records) -> Records:
+    """Wait for the writer to write again, then assert nothing of `before` was lost and the three
+    services hold the same sequences; return the reading."""
+    newest = min(max(before[s], default=0) for s in SERVICES)
+    bleater.wait_new_records(newest)
+    after = read_records(bleater)
+    problems = records_problems(before, after)
+    assert not problems, problems
+    return after
+
+
+def group_pg_sessions(bleater: Bleater, uid: str) -> int:
+    """Open PostgreSQL sessions of one group (application_name `snapgroup:<uid>`)."""
+    pg = bleater.pg
+    with psycopg.connect(host=pg["host"], port=int(pg["port"]), user=pg["username"],
+                         password=pg["password"], dbname=pg["database"], connect_timeout=5) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                           (f"snapgroup:{uid}",)).fetchone()
+        return int(row[0]) if row else 0
+
+
+def kill_pg_sessions(bleater: Bleater, uid: str) -> int:
+    """pg_terminate_backend every session of one group; how many were killed."""
+    pg = bleater.pg
+    with psycopg.connect(host=pg["host"], port=int(pg["port"]), user=pg["username"],
+                         password=pg["password"], dbname=pg["database"], autocommit=True,
+                         connect_timeout=5) as conn:
+        row = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE application_name = %s", (f"snapgroup:{uid}",)).fetchone()
+        return int(row[0]) if row else 0
+
+
+def kill_mongodb_connections(bleater: Bleater, pids: list[int]) -> int:
+    """Kill (`ss -K`) every TCP connection the given processes hold to the MongoDB Service;
+    return how many sockets the kernel reports killed."""
+    import subprocess
+
+    import psutil
+
+    host = bleater.service_host("mongodb")
+    killed = 0
+    for pid in pids:
+        try:
+            connections = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.NoSuchProcess:
+            continue
+        for conn in connections:
+            if not conn.raddr or conn.raddr.ip != host or conn.raddr.port != 27017:
+                continue
+            out = subprocess.run(
+                ["ss", "-K", "-t", "-n", "src", conn.laddr.ip, "sport", "=", f":{conn.laddr.port}",
+                 "dst", host, "dport", "=", ":27017"],
+                check=True, capture_output=True, text=True, timeout=10).stdout
+            killed += sum(1 for line in out.splitlines()[1:] if line.strip())
+    return killed

@@ -4,9 +4,11 @@ Two `snapgroup run --leader-elect` processes share one leader Lease. A group's w
 open by a failpoint (`cut=pause:40`); once the writer is provably isolated and the databases
 quiesced, the leader (provably the Lease's holder at that moment) is SIGKILLed. The standby must
 take the Lease, recover the window from the journal (the writer back at its replicas, Ready and
-writing; MongoDB's lock count 0; no PostgreSQL backup session) and end the group Failed with
-OperatorRestarted. Each run's failover time (SIGKILL -> writer back) is printed and, with
-SNAPGROUP_FAULT_REPORT set, added to the fault report; SNAPGROUP_FAILOVER_RUNS repeats the case.
+writing; MongoDB's lock count 0; no PostgreSQL backup session; no record lost) and, with
+`backoffLimit: 0` so that the interrupted attempt is the end state, end the group Failed with
+OperatorRestarted and Quiesced False/Resumed. Each run's failover time (SIGKILL -> writer back)
+is printed and, with SNAPGROUP_FAULT_REPORT set, added to the fault report;
+SNAPGROUP_FAILOVER_RUNS repeats the case.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from e2e.faults import (
     WRITER,
     FaultOutcome,
     assert_nothing_frozen_or_lost,
+    assert_records_kept,
+    read_records,
     record,
     wait_journal,
     wait_writer_back,
@@ -71,6 +75,7 @@ def test_leader_killed_mid_window_standby_takes_over_and_recovers(
     lease = f"snapgroup-leader-{uuid.uuid4().hex[:8]}"
     replicas = kube.replicas("bleater", WRITER)
     bleater.wait_new_records(0)
+    before = read_records(bleater)
     first = armed("cut=pause:40", *leader_election(lease))
     leader = wait_for(lambda: leading(first), 60, "the first replica to lead")
     second = armed("cut=pause:40", *leader_election(lease))
@@ -78,7 +83,7 @@ def test_leader_killed_mid_window_standby_takes_over_and_recovers(
                        60, "the second replica to see the leader and stand by")
     assert second.health()["leader"] is False
 
-    kube.create_group(sample(group_name))
+    created = kube.create_group(sample(group_name, backoffLimit=0))
     wait_journal(kube, group_name, "service:minio", "Applied")  # every service quiesced
     # The fault, proven at the moment it happens: the window is open and `first` leads.
     writer = kube.deployment("bleater", WRITER)
@@ -97,11 +102,16 @@ def test_leader_killed_mid_window_standby_takes_over_and_recovers(
     failed = condition(group, "Succeeded")
     assert group["status"]["phase"] == "Failed" and failed["reason"] == "OperatorRestarted", failed
     assert leading(second) == standby
-    kube.wait_snapshots_gone("bleater", f"snapgroup.dev/group={group_name}")
+    quiesced = condition(group, "Quiesced")
+    assert (quiesced["status"], quiesced["reason"]) == ("False", "Resumed"), quiesced
+    assert "recovery failed" not in failed["message"], failed
+    kube.wait_snapshots_gone("bleater", f"snapgroup.dev/group-uid={created['metadata']['uid']}")
     assert_nothing_frozen_or_lost(kube, bleater, replicas)
+    assert_records_kept(bleater, before)
     print(f"leader failover run {run}: Lease taken {took_lease:.2f}s, writer back {back:.2f}s "
           "after the leader's SIGKILL")
-    record(FaultOutcome(f"leader SIGKILLed mid-window, two replicas (run {run + 1})", "Failed",
+    record(FaultOutcome(f"leader SIGKILLed mid-window, two replicas (run {run + 1})",
+                        group["status"]["phase"],
                         failed["reason"], round(back, 2),
                         f"standby took the Lease {took_lease:.2f}s after the kill; "
                         + failed["message"][:120]))

@@ -235,6 +235,8 @@ def _fake_type(type_name: str, model: type[BaseModel], key_of: Any) -> type[Hook
         async def recover(self, ctx: HookContext, key: str, record: UndoRecord,
                           side_effect_done: bool) -> str:
             RECOVERED.append((key, side_effect_done))
+            if BEHAVIOUR.get(key, {}).get("recover_fails"):
+                raise StepError("Unreachable", f"{key}: the server does not answer")
             return f"recovered {key}"
 
     return FakeType
@@ -417,6 +419,40 @@ async def test_restart_mid_group_undoes_the_journal_then_retries_as_a_new_attemp
     assert "nightly-postgres-pg-data-kept" in cluster.snapshots, "another group's snapshot is kept"
     assert "create nightly-postgres-pg-data-a2" in log, "the retry cuts snapshots of its own"
     assert cluster.leases == {}, "the interrupted run's Leases must be given back"
+
+
+INTERRUPTED_WINDOW = {
+    "phase": "Snapshotting", "startTime": "2026-11-27T12:00:00Z",
+    "conditions": [{"type": "Quiesced", "status": "True", "reason": "WritersIsolatedServicesQuiesced",
+                    "message": "1 writer(s) isolated, 1 service(s) quiesced",
+                    "lastTransitionTime": "2026-11-27T12:00:01Z"}],
+    "hooks": [
+        {"name": "writer:Deployment/data-writer", "type": "scale", "stage": "Pre",
+         "state": "Applied", "undo": {"originalReplicas": 1}},
+        {"name": "service:postgres", "type": "postgresql", "stage": "Pre", "state": "Applied"},
+    ],
+}
+
+
+async def test_recovery_says_the_window_was_resumed_only_when_every_undo_was_checked() -> None:
+    cluster = FakeCluster([])
+    BEHAVIOUR["service:postgres"] = {"recover_fails": True}
+    status = await run_group(cluster, status=copy.deepcopy(INTERRUPTED_WINDOW))
+    quiesced = next(c for c in status.conditions if c.type == "Quiesced")
+    assert status.phase == Phase.FAILED, "a recovery that left something held is not retried"
+    assert (quiesced.status, quiesced.reason) == ("True", "StillHeld")
+    assert "service:postgres" in quiesced.message and "writer:" not in quiesced.message
+
+    BEHAVIOUR.clear()
+    cluster = FakeCluster([])
+    runner = GroupRunner(cluster, connectors=None, ready_timeout=5,  # type: ignore[arg-type]
+                         retry_delay=0)
+    await runner.reconcile(REF, spec("5s").model_copy(update={"backoff_limit": 0}).wire(),
+                           copy.deepcopy(INTERRUPTED_WINDOW))
+    status = SnapshotGroupStatus.model_validate(cluster.patches[-1])
+    quiesced = next(c for c in status.conditions if c.type == "Quiesced")
+    assert status.phase == Phase.FAILED
+    assert (quiesced.status, quiesced.reason) == ("False", "Resumed"), quiesced
 
 
 async def test_a_failure_past_the_backoff_limit_fails_the_group_with_every_attempt_listed() -> None:

@@ -325,8 +325,9 @@ async def test_postgres_backup_round_trip_records_lsns() -> None:
     connectors = FakeConnectors()
     hook = await plan_one("postgresql", with_secret("postgresql"), connectors)
     assert hook.key == "service:my-postgresql"
-    assert hook.intent() == {"label": "snapgroup bleater/nightly-1 my-postgresql",
-                             "secretRef": "postgresql-credentials", "timeout": 2.0}
+    intent = hook.intent()
+    assert intent["label"] == "snapgroup bleater/nightly-1 my-postgresql"
+    assert intent["secretRef"] == hook.service.connection.secret_ref.name
 
     record = await hook.apply()
     assert record["startLsn"] == "0/2000028"
@@ -488,17 +489,22 @@ async def test_postgres_sessions_are_named_after_the_group_and_recover_closes_le
     assert connectors.postgres_session.others == {"snapgroup:uid-2": 1}, "only the group's own"
 
 
-async def test_postgres_recover_from_the_journal_record_reconnects() -> None:
+async def test_postgres_recover_reconnects_from_the_journal_records() -> None:
+    # A restarted operator has only the journal: the intent (journaled Applying) and the
+    # apply's record (journaled Applied) must each say how to reconnect.
     connectors = FakeConnectors()
     cluster = with_secret("postgresql")
     hook = await plan_one("postgresql", cluster, connectors)
+    intent = hook.intent()
+    applied = await hook.apply()
     postgresql = lookup("postgresql")
     assert postgresql is not None
-    record = await hook.apply()
-    assert hook.intent().items() <= record.items(), "the applied record still says how to reconnect"
-    # What a restarted operator finds in the journal of a step still Applying: the intent.
-    message = await postgresql.recover(context(cluster, connectors), hook.key, hook.intent(), False)
-    assert "no session of the group is open" in message
+    for record, done in ((intent, False), (applied, True)):
+        assert record["secretRef"] and record["timeout"], record
+        connectors.postgres_session.others = {"snapgroup:uid-1": 1}
+        connectors.postgres_session.closed = 0  # the fake hands out one session object
+        message = await postgresql.recover(context(cluster, connectors), hook.key, record, done)
+        assert "closed 1 session" in message, message
 
 
 async def test_minio_recover_touches_nothing() -> None:

@@ -187,6 +187,13 @@ class GroupRunner:
         await release_targets(ctx, journal.status.targets)
         held = [h.name for h in journal.status.hooks if h.state == HookState.FAILED and h.stage == "Post"]
         summary = "; ".join(undone) or "nothing had been applied"
+        if journal.condition_status("Quiesced") is not None:  # the interrupted window's word
+            if held:
+                journal.condition("Quiesced", "True", "StillHeld", "after the restart, not undone: "
+                                  + "; ".join(u for u in undone if u.split(": ", 1)[0] in held))
+            else:
+                journal.condition("Quiesced", "False", "Resumed",
+                                  "undone after the operator restarted, each undo checked")
         return Failure(
             "OperatorRestarted",
             f"the operator restarted during the group (phase {phase}); undone: {summary}; "

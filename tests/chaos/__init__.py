@@ -1,0 +1,1 @@
+"""`make chaos`: groups back to back on the bleater sample, each with one random fault."""
