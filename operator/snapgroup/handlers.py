@@ -93,6 +93,13 @@ async def group_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         raise kopf.TemporaryError("the group's window is still thawing", delay=2)
 
 
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def group_event(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A group removed without its delete handler (finalizer stripped): stop its run now."""
+    if event["type"] == "DELETED":
+        _runner(memo).vanished(_ref(body))
+
+
 # --- ScheduledSnapshotGroup: one loop per schedule, woken early by spec edits and finished groups ---
 
 

@@ -13,13 +13,20 @@ from typing import Any, Literal, Protocol
 
 
 class PlanError(Exception):
-    """A problem found before anything was touched: the group fails with this reason."""
+    """A problem found before anything was touched: the group fails with this reason.
 
-    def __init__(self, reason: str, field_path: str, message: str) -> None:
+    ``held_target``: the exclusion key (``workload:Kind/name``, ...) of something another group
+    holds right now. Such a problem may clear once that group is done, so a group first queues
+    for the target's Lease and fails only if it is still held once the Lease is its own.
+    """
+
+    def __init__(self, reason: str, field_path: str, message: str,
+                 held_target: str | None = None) -> None:
         super().__init__(f"{field_path}: {message}")
         self.reason = reason
         self.field_path = field_path
         self.message = message
+        self.held_target = held_target
 
 
 class StepError(Exception):
@@ -29,6 +36,10 @@ class StepError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+GROUP_GONE = "SnapshotGroupNotFound"
+"""The StepError reason of a status write to a SnapshotGroup that no longer exists."""
 
 
 @dataclass(frozen=True)

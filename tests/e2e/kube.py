@@ -150,13 +150,28 @@ class Kube:
             namespace, field_selector=f"involvedObject.name={name}").items
         return [(e.reason, e.message) for e in items]
 
-    def wait_snapshots_gone(self, namespace: str, selector: str, timeout: float = 60.0) -> None:
-        """Wait until no VolumeSnapshot matches (deletion waits on the snapshot controller)."""
-        deadline = time.monotonic() + timeout
+    def wait_snapshots_gone(self, namespace: str, selector: str, timeout: float = 180.0,
+                            asked_within: float = 30.0) -> None:
+        """Wait until no VolumeSnapshot matches.
+
+        Deleting is the operator's part: within `asked_within` seconds every matching snapshot
+        must carry a deletionTimestamp, or nobody deleted it. The rest is the snapshot
+        controller's (content deleted, then finalizers removed), which retries a delete that
+        raced the snapshot's own creation with a backoff of up to 30 s here: `timeout` allows
+        for a few of those.
+        """
+        start = time.monotonic()
         while remaining := self.snapshots(namespace, selector):
-            if time.monotonic() > deadline:
-                names = [s["metadata"]["name"] for s in remaining]
-                raise AssertionError(f"VolumeSnapshots {names} still exist after {timeout}s")
+            names = [s["metadata"]["name"] for s in remaining]
+            undeleted = [s["metadata"]["name"] for s in remaining
+                         if not s["metadata"].get("deletionTimestamp")]
+            waited = time.monotonic() - start
+            if undeleted and waited > asked_within:
+                raise AssertionError(f"VolumeSnapshots {undeleted} were never deleted "
+                                     f"({asked_within}s)")
+            if waited > timeout:
+                raise AssertionError(f"VolumeSnapshots {names} deleted but still there after "
+                                     f"{timeout}s: {[s.get('status') for s in remaining]}")
             time.sleep(0.2)  # polling for the snapshot controller's finalizers to go
 
     def wait_event_reasons(self, namespace: str, name: str, reasons: set[str],

@@ -172,6 +172,78 @@ def test_budget_runs_out_while_a_service_quiesces(
                         f"freeze {group['status']['freeze']['seconds']}s"))
 
 
+def test_group_deleted_while_queued_never_freezes_anything(
+    armed: Any, kube: Kube, bleater: Bleater, group_name: str
+) -> None:
+    """A second group over the same targets waits (Waiting) behind one whose window is held open;
+    deleted, it goes within seconds, its journal empty, the writer never isolated by it."""
+    replicas = kube.replicas("bleater", WRITER)
+    bleater.wait_new_records(0)
+    before = read_records(bleater)
+    armed("cut=pause:8", *FAST)
+    first, queued = f"{group_name}-a", f"{group_name}-b"
+    running = kube.create_group(sample(first))
+    wait_journal(kube, first, "service:minio", "Applied")
+    waiting = kube.create_group(sample(queued))
+    uid = waiting["metadata"]["uid"]
+    watcher = Sampler(lambda: kube.group("bleater", queued))
+    annotations = Sampler(lambda: writer_annotations(kube).get(ISOLATED_BY, ""))
+    with watcher.running(), annotations.running():
+        kube.wait_custom("bleater", "snapshotgroups", queued, lambda g: any(
+            c["type"] == "Waiting" and c["status"] == "True"
+            for c in (g.get("status") or {}).get("conditions", [])), 30, "Waiting")
+        t0 = time.monotonic()
+        kube.delete_group("bleater", queued)
+        kube.wait_group_gone("bleater", queued, timeout=30)
+        gone = time.monotonic() - t0
+        group = kube.wait_group("bleater", first)
+    seen = [g for _, g in watcher.seen if isinstance(g, dict)]
+    assert seen, "the queued group was never observed"
+    assert all(not (g.get("status") or {}).get("hooks") for g in seen), "the queued group journaled"
+    named = {a for _, a in annotations.seen if isinstance(a, str) and a}
+    assert named and all(a.endswith(running["metadata"]["uid"]) for a in named), named
+    assert not any(reason == "HookApplied" for reason, _ in kube.events("bleater", queued))
+    assert not kube.snapshots("bleater", f"snapgroup.dev/group-uid={uid}")
+    assert gone < 10, f"the delete took {gone:.1f}s"
+    assert group["status"]["phase"] == "Succeeded", condition(group, "Succeeded")
+    assert condition(group, "Consistent")["status"] == "True"
+    assert_resumed(group)
+    assert_all_back(kube, bleater, replicas, uid, before)
+    record(FaultOutcome("queued group deleted", "deleted", "never ran", round(gone, 2),
+                        f"gone {gone:.2f}s after the delete; {len(seen)} observations, journal "
+                        f"empty in each; writer isolated only by {first}"))
+
+
+def test_group_object_removed_mid_window(
+    armed: Any, kube: Kube, bleater: Bleater, group_name: str
+) -> None:
+    """The finalizer stripped and the group deleted while its window is held open: the object is
+    gone from the API at once, and the window is thawed all the same."""
+    replicas = kube.replicas("bleater", WRITER)
+    bleater.wait_new_records(0)
+    before = read_records(bleater)
+    armed("cut=pause:6", *FAST)
+    created = kube.create_group(sample(group_name))
+    uid = created["metadata"]["uid"]
+    wait_journal(kube, group_name, "service:minio", "Applied")
+    assert kube.replicas("bleater", WRITER) == 0 and writer_annotations(kube)[ISOLATED_BY].endswith(uid)
+    assert mongo_lock_count(bleater) == 1 and group_pg_sessions(bleater, uid) >= 1
+    removed_at = time.monotonic()
+    kube.custom.patch_namespaced_custom_object("snapgroup.dev", "v1alpha1", "bleater",
+                                               "snapshotgroups", group_name,
+                                               {"metadata": {"finalizers": None}})
+    kube.delete_group("bleater", group_name)
+    kube.wait_group_gone("bleater", group_name, timeout=5)
+    assert kube.group("bleater", group_name) is None
+    back = wait_writer_back(kube, replicas, removed_at)
+    assert_all_back(kube, bleater, replicas, uid, before)
+    kube.wait_snapshots_gone("bleater", f"snapgroup.dev/group-uid={uid}")
+    repaired = {reason for reason, _ in kube.events("bleater", group_name)}
+    record(FaultOutcome("group object removed mid-window (finalizer stripped)", "gone",
+                        ", ".join(sorted(repaired & {"SafetyNetRepaired", "GroupDeleted"})) or "-",
+                        round(back, 2), "writer, lock and session back after the object vanished"))
+
+
 def test_mongodb_connections_killed_mid_window(
     armed: Any, kube: Kube, bleater: Bleater, group_name: str
 ) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -536,14 +537,20 @@ class Call:
     name: str
     """``cluster.scale``, ``pg.backup_start``, ``connectors.mongo``, ..."""
     args: tuple[Any, ...]
+    occurrence: int = 0
+    """How many calls of the same name came before this one. A fault is aimed at (name,
+    occurrence): calls of concurrent tasks (undos of one stage, the event sender) may interleave
+    differently from run to run, the n-th call of one kind stays the same step."""
 
 
 class Injector:
-    """Counts every call of the processes that share it; turns call `at` into `fault`."""
+    """Counts every call of the processes that share it; turns the call `at` (its name and
+    occurrence) into `fault`."""
 
-    def __init__(self, at: int | None = None, fault: Fault | None = None) -> None:
+    def __init__(self, at: Call | None = None, fault: Fault | None = None) -> None:
         self.at, self.fault = at, fault
         self.calls: list[Call] = []
+        self.seen: Counter[str] = Counter()
         self.fired: Call | None = None
         self.outages: dict[str, int] = {}
         """Calls by name that keep failing, and how many more times they will."""
@@ -580,14 +587,17 @@ class Process:
         try:
             if injector is None:
                 return await thunk()
-            call = Call(len(injector.calls), name, args)
+            call = Call(len(injector.calls), name, args, injector.seen[name])
+            injector.seen[name] += 1
             injector.calls.append(call)
             if injector.outages.get(name):
                 injector.outages[name] -= 1
                 if name.endswith(".close"):
                     await thunk()  # a close drops the connection locally all the same
                 raise StepError("KubernetesApiError", f"{name}: still failing (an outage)")
-            if call.index == injector.at and injector.fault is not None:
+            at = injector.at
+            if (at is not None and (call.name, call.occurrence) == (at.name, at.occurrence)
+                    and injector.fault is not None):
                 injector.fired = call
                 perform = self._alive(thunk)
                 if name.endswith(".close"):

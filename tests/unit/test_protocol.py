@@ -230,6 +230,10 @@ def _fake_type(type_name: str, model: type[BaseModel], key_of: Any) -> type[Hook
             behaviour = BEHAVIOUR.get(key, {})
             if behaviour.get("plan_fails"):
                 raise PlanError("WriterNotFound", f"{path}.name", f"{key} does not exist")
+            busy = behaviour.get("busy_for")
+            if busy is not None and busy(ctx):
+                raise PlanError("WriterBusy", f"{path}.name", f"{key} is isolated by another group",
+                                held_target=f"workload:{key.removeprefix('writer:')}")
             return [FakeBound(ctx, key, type_name, behaviour)]
 
         async def recover(self, ctx: HookContext, key: str, record: UndoRecord,
@@ -623,3 +627,91 @@ async def test_a_snapshot_name_held_by_another_group_is_refused_in_the_plan_and_
     failed = next(c for c in status.conditions if c.type == "Succeeded")
     assert failed.reason == "SnapshotNameTaken" and "spec.services[0].name" in failed.message
     assert log == [] and cluster.snapshots == {"nightly-postgres-pg-data": theirs}
+
+
+async def test_a_snapshot_name_taken_after_the_plan_fails_the_cut_and_is_left_alone() -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    theirs: dict[str, Any] = {"metadata": {"labels": {}}}
+    create = cluster.create_snapshot
+
+    async def create_racing_somebody(namespace: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if name != "nightly-postgres-pg-data":
+            return await create(namespace, body)
+        cluster.snapshots[name] = theirs  # created by somebody else since the plan: the API's 409
+        raise StepError("SnapshotNameTaken", f"VolumeSnapshot bleater/{name} belongs to no group")
+
+    cluster.create_snapshot = create_racing_somebody  # type: ignore[method-assign]
+    status = await run_group(cluster)
+    failed = next(c for c in status.conditions if c.type == "Succeeded")
+    assert status.phase == Phase.FAILED and failed.reason == "SnapshotNameTaken"
+    assert status.attempts == [], "a taken name is not retried"
+    assert cluster.snapshots == {"nightly-postgres-pg-data": theirs}, "ours go, theirs stays"
+    assert "delete nightly-postgres-pg-data" not in log and "delete nightly-mongodb-mongo-data" in log
+    errors = {v.name: v.error for s in status.services for v in s.volume_snapshots}
+    assert "left alone" in (errors["nightly-postgres-pg-data"] or "")
+    assert errors["nightly-mongodb-mongo-data"] == "deleted: its attempt failed"
+    assert condition(status, "Quiesced") == "False"
+
+
+async def test_a_group_object_removed_mid_window_is_thawed_at_once_without_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    cluster.hang_groups.add("uid-1")
+    runner = GroupRunner(cluster, connectors=None, ready_timeout=5)  # type: ignore[arg-type]
+    runner.start(REF, spec("60s").wire(), {})
+    task = runner.tasks[REF.uid]
+    await cluster.cutting.wait()
+    writes = len(cluster.patches)
+
+    async def gone(namespace: str, name: str, status: dict[str, Any]) -> None:
+        log.append("status write")
+        raise StepError("SnapshotGroupNotFound", f"{name} does not exist")
+
+    cluster.patch_group_status = gone  # type: ignore[method-assign]
+    runner.vanished(REF)
+    await asyncio.wait_for(task, 5)
+    assert "undo writer:Deployment/data-writer" in log and "undo service:postgres" in log
+    assert cluster.snapshots == {}, "the attempt's snapshots go with it"
+    assert len(cluster.patches) == writes
+    assert "status write" in log
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()], \
+        "a vanished group's status writes are not retried"
+    assert not any("create" in entry for entry in log[log.index("undo service:postgres"):])
+    assert runner.tasks == {} and runner.runs == {}
+
+
+@pytest.mark.parametrize("freed", [True, False], ids=["freed-by-its-thaw", "still-held"])
+async def test_a_writer_another_group_isolates_is_queued_for_not_refused(freed: bool) -> None:
+    """Created while another group's window holds the writer, a group waits for the writer's
+    Lease; it fails WriterBusy, touching nothing, only if the writer is still isolated once the
+    Lease is its own."""
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    cluster.hang_groups.add("uid-1")
+    BEHAVIOUR["writer:Deployment/data-writer"] = {
+        "busy_for": lambda ctx: ctx.group_uid == "uid-2" and (not freed or not cluster.let_cut.is_set())}
+    runner = GroupRunner(cluster, connectors=None, ready_timeout=5)  # type: ignore[arg-type]
+    first = asyncio.create_task(runner.reconcile(REF, spec("60s").wire(), {}))
+    await cluster.cutting.wait()
+    second_ref = GroupRef("bleater", "second", "uid-2", 1)
+    second = asyncio.create_task(runner.reconcile(second_ref, spec("60s").wire(), {}))
+    await cluster.waiting.wait()
+    assert "WriterBusy" not in str(cluster.by_group["second"][-1]), "refused instead of queued"
+    cluster.let_cut.set()
+    await asyncio.gather(first, second)
+    ended = SnapshotGroupStatus.model_validate(cluster.by_group["second"][-1])
+    writer = [line for line in log if line.endswith("writer:Deployment/data-writer")]
+    if freed:
+        assert ended.phase == Phase.SUCCEEDED
+        assert writer == ["apply writer:Deployment/data-writer",
+                          "undo writer:Deployment/data-writer"] * 2
+    else:
+        failed = next(c for c in ended.conditions if c.type == "Succeeded")
+        assert (ended.phase, failed.reason) == (Phase.FAILED, "WriterBusy")
+        assert "nothing was touched" in failed.message and ended.hooks == []
+        assert writer == ["apply writer:Deployment/data-writer", "undo writer:Deployment/data-writer"]
+    assert cluster.leases == {}

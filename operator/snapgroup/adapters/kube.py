@@ -42,6 +42,7 @@ from snapgroup.api.base import LabelSelector
 from snapgroup.api.labels import GROUP_UID_LABEL, QUIESCE_LABEL, QUIESCE_RECORD
 from snapgroup.api.snapshotgroup import KIND, PLURAL
 from snapgroup.ports import (
+    GROUP_GONE,
     EventType,
     LeaseRecord,
     PvcInfo,
@@ -76,6 +77,9 @@ _TRANSIENT_STATUS = frozenset({0, 429, 500, 502, 503, 504})  # 0: the client's o
 _FIRST_BACKOFF = 0.2
 _MAX_BACKOFF = 2.0
 _LEASE_ATTEMPTS = 5
+_WATCH_SPAN = 30.0
+"""Longest a watch runs before its caller lists again: a connection an API server restart left
+half-open (no reset reaches the client) stalls a wait no longer than this."""
 _WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 _LEASE_LABELS = {"app.kubernetes.io/managed-by": "snapgroup"}
 _MUTATING = frozenset({"create", "patch", "delete"})
@@ -524,7 +528,7 @@ class KubeCluster:
     async def patch_group_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch the SnapshotGroup's status subresource (lists in it are replaced whole).
 
-        A group that is gone raises StepError("SnapshotGroupNotFound"): a journal that cannot
+        A group that is gone raises StepError(GROUP_GONE): a journal that cannot
         be written must stop the step it was about to record.
         """
         action = f"write the status of {KIND} {namespace}/{name}"
@@ -535,7 +539,7 @@ class KubeCluster:
         )
         if done is None:
             raise StepError(
-                "SnapshotGroupNotFound",
+                GROUP_GONE,
                 f"{action}: it does not exist (deleted, or the {KIND} CRD is not installed)",
             )
 
@@ -809,13 +813,14 @@ class KubeCluster:
         self, action: str, method: Callable[..., Any], *args: Any,
         resource_version: str, deadline: float, **kwargs: Any,
     ) -> _ActionWatch:
-        """A watch that the server itself ends by the deadline, with a read timeout just past it.
+        """A watch that the server itself ends by the deadline (or within _WATCH_SPAN), with a
+        read timeout just past it.
 
         It runs on the watch threads and connections (the same API call, bound to the watch
         client), never on those of ordinary requests.
         """
         remaining = deadline - asyncio.get_running_loop().time()
-        server_timeout = max(1, math.ceil(remaining))
+        server_timeout = max(1, math.ceil(min(remaining, _WATCH_SPAN)))
         self.requests["watch"] += 1
         metrics.API_REQUESTS.labels("watch").inc()
         api = getattr(method, "__self__", None)

@@ -32,6 +32,11 @@ def holder_id(namespace: str, group: str, uid: str) -> str:
     return f"{namespace}/{group}/{uid}"
 
 
+def workload_target(kind: str, name: str) -> str:
+    """The exclusion key of a workload: ``workload:<Kind>/<name>``."""
+    return f"workload:{kind}/{name}"
+
+
 def writer_key(kind: str, name: str) -> str:
     """Journal key of one isolated workload, e.g. ``writer:Deployment/data-writer``."""
     return f"{KEY_PREFIX}{kind}/{name}"
@@ -78,7 +83,9 @@ class ScaleWriters(HookType[WriterTarget]):
                 raise PlanError(
                     "WriterBusy", field,
                     f"{workload.kind} {workload.name} is held at zero replicas by SnapshotGroup "
-                    f"{holder}; create this group again once that one has finished",
+                    f"{holder}, which no longer holds its Lease; once that group is thawed (or "
+                    "the safety net restored the workload), create this group again",
+                    held_target=workload_target(workload.kind, workload.name),
                 )
             hooks.append(IsolatedWriter(ctx, workload, _replicas_before_isolation(workload, me)))
         return hooks
@@ -118,7 +125,7 @@ class IsolatedWriter(BoundHook):
 
     def targets(self) -> list[str]:
         """The workload, as an exclusion key."""
-        return [writer_key(self.kind, self.name).replace(KEY_PREFIX, "workload:", 1)]
+        return [workload_target(self.kind, self.name)]
 
     async def apply(self) -> UndoRecord:
         """Scale to zero with the journal annotations in one patch, then wait for the pods to go.

@@ -90,6 +90,7 @@ class GroupRunner:
 
     def _finished(self, ref: GroupRef, task: asyncio.Task[None]) -> None:
         self.tasks.pop(ref.uid, None)
+        self._deleting.discard(ref.uid)
         if not task.cancelled() and task.exception() is not None:
             log.error("group %s/%s: run failed", ref.namespace, ref.name, exc_info=task.exception())
 
@@ -200,6 +201,21 @@ class GroupRunner:
             f"{discarded} snapshot(s) of the interrupted attempt deleted",
             retriable=not held,
         )
+
+    def vanished(self, ref: GroupRef) -> None:
+        """The group object is gone without its delete handler having run (its finalizer was
+        removed by hand): stop its run at once, thawing an open window. Its status cannot be
+        written any more; its Events still say what happened."""
+        task = self.tasks.get(ref.uid)
+        if task is None:
+            return
+        self._deleting.add(ref.uid)
+        run = self.runs.get(ref.uid)
+        if run is not None:
+            run.abort("GroupDeleted", "the SnapshotGroup object was removed (its finalizer "
+                      "stripped) during its run", retriable=False)
+        else:
+            task.cancel()
 
     async def deleted(self, ref: GroupRef, spec: dict[str, Any], status: dict[str, Any]) -> bool:
         """The group is being deleted: stop its run (thawing an open window) and clean up.

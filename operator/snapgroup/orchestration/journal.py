@@ -18,7 +18,7 @@ from snapgroup.api.snapshotgroup import (
     Phase,
     SnapshotGroupStatus,
 )
-from snapgroup.ports import Cluster, EventType
+from snapgroup.ports import GROUP_GONE, Cluster, EventType, StepError
 
 log = logging.getLogger("snapgroup.journal")
 
@@ -70,8 +70,8 @@ class Journal:
                 await self.cluster.patch_group_status(self.ref.namespace, self.ref.name, body)
                 return
             except Exception as exc:
-                if pause is None:
-                    raise
+                if pause is None or (isinstance(exc, StepError) and exc.reason == GROUP_GONE):
+                    raise  # a group that is gone does not come back: no point retrying
                 log.warning("status of %s/%s not written (%s); retrying in %.1fs",
                             self.ref.namespace, self.ref.name, exc, pause)
                 await asyncio.sleep(pause)

@@ -158,11 +158,14 @@ class GroupRun:
             self._outer_task.cancel()
 
     async def _plan_and_freeze(self) -> Failure | None:
-        plan = await self._plan()
-        if isinstance(plan, Failure):
-            return plan
-        keys = plan.targets()
-        await plan.release()
+        first = await make_plan(self.ctx, self.spec, self.attempt)
+        if any(p.held_target is None for p in first.problems):  # no wait for a Lease clears it
+            return _plan_failure(first)
+        # Something another group holds (a writer it isolated) is queued for like the rest.
+        held = {p.held_target for p in first.problems if p.held_target is not None}
+        keys = sorted(set(first.targets()) | held)
+        if first.ok:
+            await first.release()  # a plan with problems released its sessions itself
         for _ in range(REPLANS):
             # Queue for a window slot too: a burst of groups then waits with nothing frozen,
             # instead of every window stretching over shared resources.
@@ -191,11 +194,7 @@ class GroupRun:
 
     async def _plan(self) -> Plan | Failure:
         plan = await make_plan(self.ctx, self.spec, self.attempt)
-        if plan.ok:
-            return plan
-        detail = "; ".join(f"{p.field_path}: {p.message}" for p in plan.problems)
-        reason = plan.problems[0].reason
-        return Failure(reason, f"nothing was touched: {detail}", reason in PLAN_RETRIABLE)
+        return plan if plan.ok else _plan_failure(plan)
 
     def _lease_lost(self, holder: str) -> None:
         self.abort("LeaseLost", f"SnapshotGroup {group_of(holder)} took over a Lease of this "
@@ -384,7 +383,8 @@ class GroupRun:
 
     async def _discard_snapshots(self) -> None:
         """After a failed attempt, delete its snapshots: uncut ones prove nothing, and cut ones
-        belong to an attempt that did not finish (a retry cuts its own)."""
+        belong to an attempt that did not finish (a retry cuts its own). Only snapshots labelled
+        with this group's uid are touched: a name another object holds is left alone."""
         ctx = self.ctx
         try:
             found = await ctx.cluster.list_snapshots(
@@ -392,18 +392,31 @@ class GroupRun:
         except StepError as exc:
             log.warning("%s: snapshots of the failed attempt not listed: %s", ctx.qualified, exc)
             found = []
-        names = {s.name for s in found} | {
-            s.name for svc in self.journal.status.services for s in svc.volume_snapshots}
+        ours = {s.name for s in found}
         errors: dict[str, str] = {}
-        for name in sorted(names):
+        planned = {s.name for svc in self.journal.status.services for s in svc.volume_snapshots}
+        for name in sorted(planned - ours):  # not listed: the list failed, or not created by us
+            try:
+                info = await ctx.cluster.get_snapshot(ctx.namespace, name)
+            except StepError as exc:
+                errors[name] = exc.message
+                continue
+            if info is not None and info.owner_uid == ctx.group_uid:
+                ours.add(name)
+        for name in sorted(ours):
             try:
                 await ctx.cluster.delete_snapshot(ctx.namespace, name)
             except StepError as exc:
                 errors[name] = exc.message
         for svc in self.journal.status.services:
             for snap in svc.volume_snapshots:
-                snap.error = (f"deleting it failed: {errors[snap.name]}" if snap.name in errors
-                              else "deleted: its attempt failed")
+                if snap.name in errors:
+                    snap.error = f"deleting it failed: {errors[snap.name]}"
+                elif snap.name in ours:
+                    snap.error = "deleted: its attempt failed"
+                else:
+                    snap.error = "not created by this group (the name is taken or it never " \
+                                 "landed): left alone"
 
     # -- after the window ---------------------------------------------------------------
 
@@ -459,6 +472,12 @@ class GroupRun:
         writers = ", ".join(h.key.removeprefix("writer:") for h in plan.writers) or "none"
         pvcs = ", ".join(p for s in plan.services for p in s.pvcs)
         return f"writers: {writers}; volumes: {pvcs}; snapshot class {plan.snapshot_class}"
+
+
+def _plan_failure(plan: Plan) -> Failure:
+    detail = "; ".join(f"{p.field_path}: {p.message}" for p in plan.problems)
+    reason = plan.problems[0].reason
+    return Failure(reason, f"nothing was touched: {detail}", reason in PLAN_RETRIABLE)
 
 
 def _parse_time(value: object) -> datetime | None:
