@@ -79,7 +79,8 @@ _MAX_BACKOFF = 2.0
 _LEASE_ATTEMPTS = 5
 _WATCH_SPAN = 30.0
 """Longest a watch runs before its caller lists again: a connection an API server restart left
-half-open (no reset reaches the client) stalls a wait no longer than this."""
+half-open (no reset reaches the client) stalls a wait no longer than this plus the request
+timeout."""
 _WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 _LEASE_LABELS = {"app.kubernetes.io/managed-by": "snapgroup"}
 _MUTATING = frozenset({"create", "patch", "delete"})

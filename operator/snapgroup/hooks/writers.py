@@ -83,8 +83,8 @@ class ScaleWriters(HookType[WriterTarget]):
                 raise PlanError(
                     "WriterBusy", field,
                     f"{workload.kind} {workload.name} is held at zero replicas by SnapshotGroup "
-                    f"{holder}, which no longer holds its Lease; once that group is thawed (or "
-                    "the safety net restored the workload), create this group again",
+                    f"{holder}; once that group has thawed it (or the safety net has restored "
+                    "it), create this group again",
                     held_target=workload_target(workload.kind, workload.name),
                 )
             hooks.append(IsolatedWriter(ctx, workload, _replicas_before_isolation(workload, me)))

@@ -19,7 +19,7 @@ from snapgroup.orchestration.protocol import READY_TIMEOUT, Failure, GroupRun
 from snapgroup.orchestration.recovery import discard_snapshots, undo_journal
 from snapgroup.orchestration.snapshots import group_selector
 from snapgroup.orchestration.window import uncancellable
-from snapgroup.ports import Cluster, Connectors, StepError
+from snapgroup.ports import GROUP_GONE, Cluster, Connectors, StepError
 
 log = logging.getLogger("snapgroup.groups")
 
@@ -176,7 +176,7 @@ class GroupRunner:
             except Exception as err:  # left to their owner reference: they go with the group
                 log.warning("group %s: snapshots of the attempt not deleted: %s", ref.qualified, err)
             return Failure(exc.reason, f"the status could not be written: {exc.message}",
-                           retriable=True)
+                           retriable=exc.reason != GROUP_GONE)
         finally:
             self.runs.pop(ref.uid, None)
 

@@ -70,11 +70,21 @@ class Journal:
                 await self.cluster.patch_group_status(self.ref.namespace, self.ref.name, body)
                 return
             except Exception as exc:
-                if pause is None or (isinstance(exc, StepError) and exc.reason == GROUP_GONE):
+                if pause is None or (isinstance(exc, StepError) and exc.reason == GROUP_GONE
+                                     and await self._gone()):
                     raise  # a group that is gone does not come back: no point retrying
                 log.warning("status of %s/%s not written (%s); retrying in %.1fs",
                             self.ref.namespace, self.ref.name, exc, pause)
                 await asyncio.sleep(pause)
+
+    async def _gone(self) -> bool:
+        """Whether this group (by uid) is really gone: a 404 right after an API server restart
+        may be the server catching up, and a group of the same name may be another one."""
+        try:
+            found = await self.cluster.get_group(self.ref.namespace, self.ref.name)
+        except StepError:
+            return False
+        return found is None or (found.get("metadata") or {}).get("uid") != self.ref.uid
 
     def condition(self, type_: str, status: ConditionStatus, reason: str, message: str = "") -> None:
         """Set a condition; lastTransitionTime moves only when its status changes."""

@@ -41,7 +41,7 @@ from snapgroup.orchestration.snapshots import (
     snapshot_name,
 )
 from snapgroup.orchestration.window import Timings, Window, summarize_thaw, uncancellable
-from snapgroup.ports import SnapshotInfo, StepError
+from snapgroup.ports import GROUP_GONE, SnapshotInfo, StepError
 
 log = logging.getLogger("snapgroup.protocol")
 
@@ -119,11 +119,18 @@ class GroupRun:
         failure = await self._plan_and_freeze()
         return failure if failure is not None else await self._finalize()
 
+    def _aborted(self, done: str) -> Failure:
+        assert self._abort is not None
+        return Failure(self._abort.reason, f"{self._abort.message}; {done}", self._abort.retriable)
+
     async def _abortable(self, steps: Coroutine[Any, Any, Failure | None]) -> Failure | None:
         """Run steps so that `abort` outside the window stops them at once (nothing is frozen
         then: before the window nothing was touched, after it everything was thawed)."""
         self._outer_task = asyncio.current_task()
         try:
+            if self._abort is not None:  # aborted before there was a task to cancel
+                steps.close()
+                return self._aborted("it had frozen nothing")
             return await steps
         except asyncio.CancelledError:
             if self._abort is None or self.in_window:
@@ -131,16 +138,16 @@ class GroupRun:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            done = "it had frozen nothing" if self.window.effects == [] else \
-                "its window had already closed"
-            return Failure(self._abort.reason, f"{self._abort.message}; {done}", self._abort.retriable)
+            return self._aborted("it had frozen nothing" if self.window.effects == []
+                                 else "its window had already closed")
         except Exception as exc:  # e.g. a journal write that kept failing, or a bug: fail, never stall
             if self.journal.status.services:
                 # Snapshots of an attempt that did not finish are no backup it can vouch for.
                 await uncancellable(self._discard_snapshots())
             if isinstance(exc, StepError):
-                return Failure(exc.reason, exc.message, exc.reason in PLAN_RETRIABLE
-                               or bool(self.window.effects))
+                # A group that is gone is not tried again; other API errors are.
+                return Failure(exc.reason, exc.message, exc.reason != GROUP_GONE and (
+                    exc.reason in PLAN_RETRIABLE or bool(self.window.effects)))
             log.error("%s: unexpected error in the run", self.ctx.qualified, exc_info=exc)
             return Failure("InternalError", f"{type(exc).__name__}: {exc}", retriable=True)
         finally:
@@ -173,9 +180,13 @@ class GroupRun:
                 exclusive_targets(self.ctx, self.journal, keys, self.wait_timeout, self._lease_lost),
                 self.window_slots,
             ):
-                plan = await self._plan()  # the world as nobody else holds it
-                if isinstance(plan, Failure):
-                    return plan
+                plan = await make_plan(self.ctx, self.spec, self.attempt)  # as nobody else holds it
+                held = {p.held_target for p in plan.problems if p.held_target is not None}
+                if not plan.ok:
+                    if held <= set(keys) or any(p.held_target is None for p in plan.problems):
+                        return _plan_failure(plan)  # held although its Lease is ours: stale
+                    keys = sorted(set(keys) | held)  # held by another group: queue for it too
+                    continue
                 try:
                     if set(plan.targets()) <= set(keys):
                         self.journal.status.targets = keys
@@ -191,10 +202,6 @@ class GroupRun:
         return Failure("TargetsChanged", "the workloads, volumes or servers of the group kept "
                        f"changing while it took their Leases ({REPLANS} tries); nothing was touched",
                        retriable=True)
-
-    async def _plan(self) -> Plan | Failure:
-        plan = await make_plan(self.ctx, self.spec, self.attempt)
-        return plan if plan.ok else _plan_failure(plan)
 
     def _lease_lost(self, holder: str) -> None:
         self.abort("LeaseLost", f"SnapshotGroup {group_of(holder)} took over a Lease of this "
@@ -299,7 +306,14 @@ class GroupRun:
                               attempt=self.attempt)
             for s in services for pvc in s.pvcs
         ]
-        await asyncio.gather(*(self._create_snapshot(m) for m in manifests))
+        # A failed create cancels the others (each lands or not before the group goes on), so no
+        # create of this attempt can land after its thaw and its clean-up.
+        try:
+            async with asyncio.TaskGroup() as creates:
+                for manifest in manifests:
+                    creates.create_task(self._create_snapshot(manifest))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the first failure is the cut's
         metrics.SNAPSHOTS_CREATED.inc(len(manifests))
         names = {m["metadata"]["name"] for m in manifests}
         async with ctx.waits.waiting("cut"):
@@ -399,7 +413,7 @@ class GroupRun:
             try:
                 info = await ctx.cluster.get_snapshot(ctx.namespace, name)
             except StepError as exc:
-                errors[name] = exc.message
+                errors[name] = f"not read, so not deleted: {exc.message}"
                 continue
             if info is not None and info.owner_uid == ctx.group_uid:
                 ours.add(name)
@@ -407,11 +421,11 @@ class GroupRun:
             try:
                 await ctx.cluster.delete_snapshot(ctx.namespace, name)
             except StepError as exc:
-                errors[name] = exc.message
+                errors[name] = f"deleting it failed: {exc.message}"
         for svc in self.journal.status.services:
             for snap in svc.volume_snapshots:
                 if snap.name in errors:
-                    snap.error = f"deleting it failed: {errors[snap.name]}"
+                    snap.error = errors[snap.name]
                 elif snap.name in ours:
                     snap.error = "deleted: its attempt failed"
                 else:

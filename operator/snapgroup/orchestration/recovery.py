@@ -9,7 +9,7 @@ from snapgroup.hooks.registry import HookContext, lookup
 from snapgroup.orchestration.exclusion import holder_of
 from snapgroup.orchestration.journal import Journal
 from snapgroup.orchestration.snapshots import group_selector
-from snapgroup.ports import StepError
+from snapgroup.ports import GROUP_GONE, StepError
 
 log = logging.getLogger("snapgroup.recovery")
 
@@ -43,7 +43,12 @@ async def undo_journal(ctx: HookContext, journal: Journal) -> list[str]:
             journal.mark(entry.name, entry.type, "Post", HookState.FAILED, message=message)
             log.error("%s/%s %s: %s", ctx.namespace, ctx.group, entry.name, message)
         done.append(f"{entry.name}: {message}")
-    await journal.flush()
+    try:
+        await journal.flush()
+    except StepError as exc:
+        if exc.reason != GROUP_GONE:
+            raise
+        log.warning("%s: the group is gone; its undone journal is not written", ctx.qualified)
     await clear_quiesce_records(ctx, journal)
     return done
 
@@ -64,7 +69,9 @@ async def discard_snapshots(ctx: HookContext, journal: Journal) -> int:
         ctx.namespace, group_selector(ctx.group_uid, journal.status.attempt))
     for snap in snapshots:
         await ctx.cluster.delete_snapshot(ctx.namespace, snap.name)
+    deleted = {snap.name for snap in snapshots}
     for svc in journal.status.services:
         for entry in svc.volume_snapshots:
-            entry.error = "deleted: the run that cut it was interrupted"
+            entry.error = "deleted: the run that cut it was interrupted" if entry.name in deleted \
+                else "not found with this group's uid (never created, or somebody else's): left alone"
     return len(snapshots)

@@ -25,7 +25,7 @@ from snapgroup import metrics
 from snapgroup.api.labels import FREEZE_DEADLINE, ISOLATED_BY
 from snapgroup.api.snapshotgroup import Phase
 from snapgroup.hooks.registry import HookContext, lookup
-from snapgroup.hooks.writers import restore_workload, writer_key
+from snapgroup.hooks.writers import restore_workload, workload_target
 from snapgroup.ports import Cluster, Connectors, LeaseRecord, StepError, WorkloadInfo
 
 log = logging.getLogger("snapgroup.safety_net")
@@ -90,7 +90,7 @@ class SafetyNet:
         states: dict[str, GroupState] = {}
         workloads = await self.cluster.list_annotated_workloads(ISOLATED_BY)
         metrics.ISOLATED.observed({
-            f"{w.namespace}/{writer_key(w.kind, w.name).replace('writer:', 'workload:', 1)}"
+            f"{w.namespace}/{workload_target(w.kind, w.name)}"
             for w in workloads
         })
         repairs = [
