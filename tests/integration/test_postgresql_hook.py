@@ -12,6 +12,7 @@ session's pg_backup_stop() fails whatever other sessions do.)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,7 @@ import psycopg
 import pytest
 
 import snapgroup.hooks.postgresql  # noqa: F401 - registers the hook type
-from snapgroup.adapters.postgres import APPLICATION_NAME
+from snapgroup.adapters.postgres import APPLICATION_NAME, PostgresConnection
 from snapgroup.api.snapshotgroup import ServiceTarget
 from snapgroup.hooks.registry import HookContext, ServiceHook, lookup
 from snapgroup.ports import PlanError
@@ -205,3 +206,45 @@ async def test_newest_record_is_the_greatest_timestamp(
     finally:
         await by_column.release()
         await by_query.release()
+
+
+async def test_a_connect_cancelled_after_the_server_has_the_session_closes_it(
+    postgres_server: Any, observer: psycopg.AsyncConnection, monkeypatch: pytest.MonkeyPatch,
+    eventually: Any,
+) -> None:
+    """A plan cancelled (the group deleted) while its connect is still finishing: the session
+    the server already has is closed, not left open until garbage collection."""
+    name = "snapgroup:cancelled-connect"
+    connect = psycopg.AsyncConnection.connect
+    connected, finish = asyncio.Event(), asyncio.Event()
+    referenced: list[psycopg.AsyncConnection[Any]] = []
+    """What else still references the connection (a kept traceback, a frame) keeps it from being
+    collected: only an explicit close ends the session then."""
+
+    async def slow_to_finish(*args: Any, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+        conn = await connect(*args, **kwargs)
+        referenced.append(conn)
+        connected.set()
+        await finish.wait()  # the client side still busy when the cancellation comes
+        return conn
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", slow_to_finish)
+    opening = asyncio.create_task(
+        PostgresConnection.open(postgres_server.secret(), 10.0, application_name=name))
+    await connected.wait()
+
+    async def sessions() -> int:
+        return int(str(await scalar(
+            observer, f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}'")))
+
+    assert await sessions() == 1, "the fault: the server holds the session being opened"
+    opening.cancel()
+    await asyncio.sleep(0)
+    finish.set()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+
+    async def closed() -> bool:
+        return await sessions() == 0
+
+    await eventually(closed, "the cancelled connect's session closed")

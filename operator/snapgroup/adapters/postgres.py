@@ -132,17 +132,25 @@ class PostgresConnection:
         The session shows as application_name in pg_stat_activity (a group names its sessions,
         so one left behind can be found and closed)."""
         address = PostgresAddress.from_secret(secret)
+        connecting = asyncio.ensure_future(asyncio.wait_for(
+            psycopg.AsyncConnection.connect(
+                make_conninfo("", **address.params),
+                autocommit=True,
+                # libpq takes whole seconds and treats anything below 2 as 2.
+                connect_timeout=max(2, math.ceil(timeout)),
+                application_name=application_name,
+            ),
+            timeout,
+        ))
         try:
-            conn = await asyncio.wait_for(
-                psycopg.AsyncConnection.connect(
-                    make_conninfo("", **address.params),
-                    autocommit=True,
-                    # libpq takes whole seconds and treats anything below 2 as 2.
-                    connect_timeout=max(2, math.ceil(timeout)),
-                    application_name=application_name,
-                ),
-                timeout,
-            )
+            conn = await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            # The server may already have the session: let the connect end (within its own
+            # timeout) and close what it opened, so no session outlives a cancelled plan.
+            await asyncio.wait({connecting})
+            if not connecting.cancelled() and connecting.exception() is None:
+                await connecting.result().close()
+            raise
         except TimeoutError:
             raise StepError(
                 "DatabaseUnreachable",
