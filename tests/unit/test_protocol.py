@@ -684,6 +684,8 @@ async def test_a_group_object_removed_mid_window_is_thawed_at_once_without_retri
         "a vanished group's status writes are not retried"
     assert not any("create" in entry for entry in log[log.index("undo service:postgres"):])
     assert runner.tasks == {} and runner.runs == {}
+    ended = [m for _, reason, m in cluster.events if reason == "GroupDeleted"]
+    assert ended and "finalizer stripped" in ended[-1], cluster.events
 
 
 @pytest.mark.parametrize("freed", [True, False], ids=["freed-by-its-thaw", "still-held"])

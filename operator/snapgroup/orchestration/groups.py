@@ -15,11 +15,11 @@ from snapgroup.api.snapshotgroup import HookState, Phase, SnapshotGroupSpec, Sna
 from snapgroup.hooks.registry import HookContext
 from snapgroup.orchestration.exclusion import release_targets
 from snapgroup.orchestration.journal import GroupRef, Journal
-from snapgroup.orchestration.protocol import READY_TIMEOUT, Failure, GroupRun
+from snapgroup.orchestration.protocol import READY_TIMEOUT, Failure, GroupRun, gone_failure
 from snapgroup.orchestration.recovery import discard_snapshots, undo_journal
 from snapgroup.orchestration.snapshots import group_selector
 from snapgroup.orchestration.window import uncancellable
-from snapgroup.ports import GROUP_GONE, Cluster, Connectors, StepError
+from snapgroup.ports import Cluster, Connectors, StepError
 
 log = logging.getLogger("snapgroup.groups")
 
@@ -175,8 +175,8 @@ class GroupRunner:
                 await discard_snapshots(self._context(ref), journal)
             except Exception as err:  # left to their owner reference: they go with the group
                 log.warning("group %s: snapshots of the attempt not deleted: %s", ref.qualified, err)
-            return Failure(exc.reason, f"the status could not be written: {exc.message}",
-                           retriable=exc.reason != GROUP_GONE)
+            return gone_failure(exc) or Failure(
+                exc.reason, f"the status could not be written: {exc.message}", retriable=True)
         finally:
             self.runs.pop(ref.uid, None)
 

@@ -145,9 +145,8 @@ class GroupRun:
                 # Snapshots of an attempt that did not finish are no backup it can vouch for.
                 await uncancellable(self._discard_snapshots())
             if isinstance(exc, StepError):
-                # A group that is gone is not tried again; other API errors are.
-                return Failure(exc.reason, exc.message, exc.reason != GROUP_GONE and (
-                    exc.reason in PLAN_RETRIABLE or bool(self.window.effects)))
+                return gone_failure(exc) or Failure(
+                    exc.reason, exc.message, exc.reason in PLAN_RETRIABLE or bool(self.window.effects))
             log.error("%s: unexpected error in the run", self.ctx.qualified, exc_info=exc)
             return Failure("InternalError", f"{type(exc).__name__}: {exc}", retriable=True)
         finally:
@@ -258,7 +257,8 @@ class GroupRun:
         if exc is None:
             return None
         if isinstance(exc, StepError):
-            return Failure(exc.reason, exc.message, retriable=exc.reason != "SnapshotNameTaken")
+            return gone_failure(exc) or Failure(exc.reason, exc.message,
+                                                retriable=exc.reason != "SnapshotNameTaken")
         if isinstance(exc, TimeoutError):
             if time.monotonic() >= self.ctx.deadline - BUDGET_SLACK:
                 # A wait bounded by the budget ran out a moment before the window's own timer.
@@ -486,6 +486,15 @@ class GroupRun:
         writers = ", ".join(h.key.removeprefix("writer:") for h in plan.writers) or "none"
         pvcs = ", ".join(p for s in plan.services for p in s.pvcs)
         return f"writers: {writers}; volumes: {pvcs}; snapshot class {plan.snapshot_class}"
+
+
+def gone_failure(exc: StepError) -> Failure | None:
+    """The failure of a run whose group object is gone (a status write found no such group):
+    the group was deleted, whatever noticed it first; never retried."""
+    if exc.reason != GROUP_GONE:
+        return None
+    return Failure("GroupDeleted", "the SnapshotGroup object is gone (removed without its delete "
+                   f"handler, e.g. its finalizer stripped): {exc.message}", retriable=False)
 
 
 def _plan_failure(plan: Plan) -> Failure:
