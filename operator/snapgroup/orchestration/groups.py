@@ -206,16 +206,21 @@ class GroupRunner:
         """The group object is gone without its delete handler having run (its finalizer was
         removed by hand): stop its run at once, thawing an open window. Its status cannot be
         written any more; its Events still say what happened."""
-        task = self.tasks.get(ref.uid)
-        if task is None:
-            return
+        if ref.uid in self.tasks:
+            self._stop_for_deletion(ref, "the SnapshotGroup object was removed (its finalizer "
+                                    "stripped) during its run")
+
+    def _stop_for_deletion(self, ref: GroupRef, message: str) -> asyncio.Task[None] | None:
+        """Abort the group's run (an open window thaws) or, between attempts, cancel it; the
+        run's task, if there is one."""
         self._deleting.add(ref.uid)
+        task = self.tasks.get(ref.uid)
         run = self.runs.get(ref.uid)
         if run is not None:
-            run.abort("GroupDeleted", "the SnapshotGroup object was removed (its finalizer "
-                      "stripped) during its run", retriable=False)
-        else:
-            task.cancel()
+            run.abort("GroupDeleted", message)
+        elif task is not None:
+            task.cancel()  # between attempts: nothing is frozen
+        return task
 
     async def deleted(self, ref: GroupRef, spec: dict[str, Any], status: dict[str, Any]) -> bool:
         """The group is being deleted: stop its run (thawing an open window) and clean up.
@@ -224,13 +229,7 @@ class GroupRunner:
         later. A group interrupted by an operator crash and deleted while the operator was down
         is recovered here, since nothing else will see it again.
         """
-        self._deleting.add(ref.uid)
-        task = self.tasks.get(ref.uid)
-        run = self.runs.get(ref.uid)
-        if run is not None:
-            run.abort("GroupDeleted", "the SnapshotGroup was deleted during its run")
-        elif task is not None:
-            task.cancel()  # between attempts: nothing is frozen
+        task = self._stop_for_deletion(ref, "the SnapshotGroup was deleted during its run")
         if task is not None:
             await asyncio.wait({task}, timeout=DELETE_WAIT)
             if not task.done():

@@ -165,13 +165,12 @@ class GroupRun:
 
     async def _plan_and_freeze(self) -> Failure | None:
         first = await make_plan(self.ctx, self.spec, self.attempt)
-        if any(p.held_target is None for p in first.problems):  # no wait for a Lease clears it
+        held = _held_targets(first)
+        if held is None:
             return _plan_failure(first)
         # Something another group holds (a writer it isolated) is queued for like the rest.
-        held = {p.held_target for p in first.problems if p.held_target is not None}
         keys = sorted(set(first.targets()) | held)
-        if first.ok:
-            await first.release()  # a plan with problems released its sessions itself
+        await first.release()
         for _ in range(REPLANS):
             # Queue for a window slot too: a burst of groups then waits with nothing frozen,
             # instead of every window stretching over shared resources.
@@ -180,9 +179,9 @@ class GroupRun:
                 self.window_slots,
             ):
                 plan = await make_plan(self.ctx, self.spec, self.attempt)  # as nobody else holds it
-                held = {p.held_target for p in plan.problems if p.held_target is not None}
                 if not plan.ok:
-                    if held <= set(keys) or any(p.held_target is None for p in plan.problems):
+                    held = _held_targets(plan)
+                    if held is None or held <= set(keys):
                         return _plan_failure(plan)  # held although its Lease is ours: stale
                     keys = sorted(set(keys) | held)  # held by another group: queue for it too
                     continue
@@ -495,6 +494,14 @@ def gone_failure(exc: StepError) -> Failure | None:
         return None
     return Failure("GroupDeleted", "the SnapshotGroup object is gone (removed without its delete "
                    f"handler, e.g. its finalizer stripped): {exc.message}", retriable=False)
+
+
+def _held_targets(plan: Plan) -> set[str] | None:
+    """The targets other groups hold that stand in the plan's way (empty for a sound plan), or
+    None when a problem no wait for a Lease can clear stands there too."""
+    if any(p.held_target is None for p in plan.problems):
+        return None
+    return {p.held_target for p in plan.problems if p.held_target is not None}
 
 
 def _plan_failure(plan: Plan) -> Failure:
