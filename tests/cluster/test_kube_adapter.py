@@ -16,6 +16,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from e2e.operator_process import OperatorProcess
 from snapgroup.adapters.kube import DEFAULT_SNAPSHOT_CLASS_ANNOTATION, KubeCluster
 from snapgroup.api import API_VERSION
 from snapgroup.api.crd import SNAPSHOT_GROUP
@@ -333,6 +334,15 @@ def group_crd(api: client.ApiClient) -> None:
                 field_selector=f"metadata.name={SNAPSHOT_GROUP.name}", done=established)
 
 
+@pytest.fixture(scope="module")
+def no_operator(operator: OperatorProcess) -> Iterator[None]:
+    """No operator reconciles the groups these tests write: the session's operator (which an
+    earlier module may have started) is stopped for this module and started again after it."""
+    operator.stop()
+    yield
+    operator.start()
+
+
 def create_group(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     body = {
         "apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
@@ -348,7 +358,7 @@ def create_group(api: client.ApiClient, namespace: str, name: str) -> dict[str, 
 
 
 async def test_group_status_is_patched_through_the_status_subresource(
-    api: client.ApiClient, namespace: str, group_crd: None, kube: KubeCluster
+    api: client.ApiClient, namespace: str, group_crd: None, no_operator: None, kube: KubeCluster
 ) -> None:
     created = create_group(api, namespace, "journal-test")
 
