@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel
 
 from snapgroup.api import GROUP, VERSION
+from snapgroup.api.restore import SnapshotGroupRestoreSpec, SnapshotGroupRestoreStatus
 from snapgroup.api.schedule import ScheduledSnapshotGroupSpec, ScheduledSnapshotGroupStatus
 from snapgroup.api.snapshotgroup import SnapshotGroupSpec, SnapshotGroupStatus
 
@@ -182,9 +183,23 @@ SNAPSHOT_GROUP = CustomResource(
     short_names=("sg", "snapgroup"), columns=SNAPSHOT_GROUP_COLUMNS,
 )
 
+SNAPSHOT_GROUP_RESTORE = CustomResource(
+    "SnapshotGroupRestore", SnapshotGroupRestoreSpec, SnapshotGroupRestoreStatus,
+    short_names=("sgr",),
+    columns=(
+        PrinterColumn("Group", ".spec.groupName", "string", "The SnapshotGroup restored."),
+        PrinterColumn("Target", ".spec.targetNamespace", "string", "The namespace cloned into."),
+        PrinterColumn("Phase", ".status.phase", "string", "Where the restore is."),
+        PrinterColumn("Seconds", ".status.seconds", "number", "From start to the clone serving."),
+        PrinterColumn("Age", ".metadata.creationTimestamp", "date", "Time since it was created."),
+        PrinterColumn("Message", ".status.message", "string", "Latest news.", priority=1),
+    ),
+)
+
 RESOURCES: tuple[CustomResource, ...] = (
     # One entry per kind of the API; each becomes crds/<group>_<plural>.yaml.
     SNAPSHOT_GROUP,
+    SNAPSHOT_GROUP_RESTORE,
     CustomResource(
         "ScheduledSnapshotGroup", ScheduledSnapshotGroupSpec, ScheduledSnapshotGroupStatus,
         short_names=("ssg",),

@@ -47,3 +47,12 @@ def label_value(name: str) -> str:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
     return f"{name[: LABEL_VALUE_LIMIT - len(digest) - 1].rstrip('-.')}-{digest}"
+
+PG_BACKUP_LABEL = f"{GROUP}/pg-backup-label"
+"""On a PostgreSQL service's VolumeSnapshot: the backup_label pg_backup_stop returned."""
+PG_TABLESPACE_MAP = f"{GROUP}/pg-tablespace-map"
+"""On a PostgreSQL service's VolumeSnapshot: the tablespace_map pg_backup_stop returned, if any."""
+PG_BACKUP_WAL = f"{GROUP}/pg-backup-wal"
+"""On a PostgreSQL service's VolumeSnapshot: the WAL from the backup's start to its end, gzip, base64."""
+PG_BACKUP_WAL_START = f"{GROUP}/pg-backup-wal-start"
+"""On a PostgreSQL service's VolumeSnapshot: where that WAL starts (segment file and offset)."""
