@@ -6,7 +6,7 @@ real clients, and unit tests implement them in memory. Every method carries its 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -232,6 +232,51 @@ class Cluster(Protocol):
 
     async def wait_lease_change(self, namespace: str, name: str, timeout: float) -> None:
         """Return when the Lease changes or is deleted, or after timeout seconds."""
+        ...
+
+
+class ClusterObjects(Protocol):
+    """Kubernetes objects by kind, as a restore reads and creates them (JSON as stored).
+
+    Kinds: Namespace, PersistentVolumeClaim, Secret, ConfigMap, Service, Deployment,
+    StatefulSet, StorageClass, VolumeSnapshot, VolumeSnapshotContent, SnapshotGroup,
+    SnapshotGroupRestore. ``namespace`` is ignored for cluster-scoped kinds.
+    """
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        ...
+
+    async def list(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+        """Objects of a kind (in a namespace), matching a label selector when one is given."""
+        ...
+
+    async def create(self, kind: str, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Create the object and return it as stored; None when one of that name exists."""
+        ...
+
+    async def delete(self, kind: str, namespace: str, name: str) -> None:
+        """Delete the object (background propagation); one that does not exist is no error."""
+        ...
+
+    async def wait(
+        self, kind: str, namespace: str, name: str, done: Callable[[dict[str, Any]], bool],
+        timeout: float,
+    ) -> dict[str, Any]:
+        """Watch the object until done(object) holds and return it; TimeoutError at the
+        timeout, naming the object."""
+        ...
+
+    async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource of one of the operator's own objects;
+        StepError(GROUP_GONE) when it does not exist."""
+        ...
+
+    async def record_event(
+        self, kind: str, namespace: str, name: str, uid: str, event_type: EventType, reason: str,
+        message: str,
+    ) -> None:
+        """Record a core/v1 Event on one of the operator's own objects."""
         ...
 
 

@@ -131,6 +131,8 @@ class KubeCluster:
     ) -> None:
         self.namespaces = tuple(namespaces)
         """The namespaces the operator watches; empty means all (cluster-wide permissions)."""
+        self.api_client = api_client
+        """The client every request goes through (other adapters share its pools)."""
         self._core = client.CoreV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
         self._storage = client.StorageV1Api(api_client)
