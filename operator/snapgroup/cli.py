@@ -1,4 +1,4 @@
-"""The `snapgroup` command: run the operator, write CRDs, plan a group dry, verify a group."""
+"""The `snapgroup` command: run the operator, write CRDs, plan a group dry, verify a group, restore one."""
 
 from __future__ import annotations
 
@@ -24,11 +24,16 @@ from snapgroup.adapters.leadership import (
     default_identity,
     default_namespace,
 )
+from snapgroup.api import API_VERSION
+from snapgroup.api.base import parse_duration
 from snapgroup.api.crd import check_crds, write_crds
+from snapgroup.api.restore import KIND as RESTORE_KIND
+from snapgroup.api.restore import RESTORE_TARGET_LABEL, SnapshotGroupRestoreSpec
 from snapgroup.api.snapshotgroup import KIND, SnapshotGroupSpec, SnapshotGroupStatus
 from snapgroup.hooks.registry import HookContext
 from snapgroup.orchestration.groups import MAX_WINDOWS, RETRY_DELAY
 from snapgroup.orchestration.plan import Plan, make_plan
+from snapgroup.orchestration.restore_plan import RestorePlan, RestoreRef
 from snapgroup.orchestration.verification import verify
 from snapgroup.ports import PlanError
 from snapgroup.runtime import Runtime
@@ -377,6 +382,72 @@ def render_status(title: str, status: SnapshotGroupStatus) -> str:
     return "\n".join(lines)
 
 
+# -- restore -----------------------------------------------------------------------------------
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Print a restore's plan; unless --dry-run, create the SnapshotGroupRestore and follow it."""
+    spec = {"groupName": args.group, "targetNamespace": args.to_namespace,
+            "includeWriters": args.include_writers, "timeout": args.timeout}
+    try:
+        parsed = SnapshotGroupRestoreSpec.model_validate(spec)
+    except ValidationError as exc:
+        for p in _spec_problems(exc):
+            print(f"{p.field_path}: {p.message}", file=sys.stderr)
+        return EXIT_USAGE
+    runtime = Runtime.from_environment(args.kubeconfig)
+    try:
+        return asyncio.run(_restore(runtime, args, parsed))
+    finally:
+        runtime.close()
+
+
+async def _restore(runtime: Runtime, args: argparse.Namespace, spec: SnapshotGroupRestoreSpec) -> int:
+    name = args.name or f"{args.group}-to-{args.to_namespace}"[:253]
+    try:
+        plan = await runtime.restorer.plan(RestoreRef(args.namespace, name, "dry-run"), spec)
+    except PlanError as exc:
+        print(f"{RESTORE_KIND} {args.namespace}/{name}: {exc.reason}: {exc.field_path}: {exc.message}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(render_restore_plan(f"{args.namespace}/{name}", spec, plan))
+    if args.dry_run:
+        print("\nDry run: nothing was created.")
+        return EXIT_OK
+    body = {"apiVersion": API_VERSION, "kind": RESTORE_KIND, "metadata": {"name": name}, "spec": spec.wire()}
+    if await runtime.objects.create(RESTORE_KIND, args.namespace, body) is None:
+        print(f"{RESTORE_KIND} {args.namespace}/{name} exists already; following it", file=sys.stderr)
+    seen: list[str] = []
+
+    def progress(obj: dict[str, Any]) -> bool:
+        status = obj.get("status") or {}
+        line = f"{status.get('phase', 'Pending')}: {status.get('message', 'waiting for the operator')}"
+        if not seen or seen[-1] != line:
+            seen.append(line)
+            print(line, flush=True)
+        return status.get("phase") in ("Succeeded", "Failed")
+
+    final = await runtime.objects.wait(RESTORE_KIND, args.namespace, name, progress,
+                                       parse_duration(spec.timeout).total_seconds() + 60)
+    return EXIT_OK if (final.get("status") or {}).get("phase") == "Succeeded" else EXIT_FAILED
+
+
+def render_restore_plan(title: str, spec: SnapshotGroupRestoreSpec, plan: RestorePlan) -> str:
+    """What a restore would create, as a person reads it."""
+    lines = [f"{RESTORE_KIND} {title}: SnapshotGroup {spec.group_name} -> namespace {spec.target_namespace}",
+             "", table(["pvc", "from volumesnapshot", "service"],
+                       [[v.pvc, v.snapshot, v.service] for v in plan.volumes])]
+    lines += ["", table(["workload", "replicas", "starts"],
+                        [[f"{w['kind']}/{w['metadata']['name']}", w["spec"].get("replicas", 1),
+                          plan.preparations.get(f"{w['kind']}/{w['metadata']['name']}", "as it was cut")]
+                         for w in plan.workloads])]
+    others = [*plan.services, *plan.secrets, *plan.config_maps]
+    if others:
+        lines += ["", "Also created: " + ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in others)]
+    lines += [f"Note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -412,6 +483,17 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--namespace", "-n", help="namespace when the file names none")
     plan.add_argument("--output", "-o", choices=["table", "json"], default="table")
     plan.set_defaults(func=cmd_plan)
+
+    restore = sub.add_parser("restore", help="clone a SnapshotGroup into another namespace")
+    restore.add_argument("group", help="the SnapshotGroup to restore")
+    restore.add_argument("--namespace", "-n", default="default", help="the group's namespace")
+    restore.add_argument("--to-namespace", required=True,
+                         help=f"namespace to clone into (labelled {RESTORE_TARGET_LABEL}=<source>)")
+    restore.add_argument("--name", help="name of the SnapshotGroupRestore (default: GROUP-to-NS)")
+    restore.add_argument("--include-writers", action="store_true", help="also copy the group's writers")
+    restore.add_argument("--timeout", default="10m", help="how long the restore may take")
+    restore.add_argument("--dry-run", action="store_true", help="print the plan; create nothing")
+    restore.set_defaults(func=cmd_restore)
 
     for name, func, text in (
         ("verify", cmd_verify, "check a group like an automated checker"),

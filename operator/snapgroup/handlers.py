@@ -10,11 +10,13 @@ import kopf
 
 from snapgroup.api import GROUP, VERSION
 from snapgroup.api.labels import FINALIZER, SCHEDULE_LABEL
+from snapgroup.api.restore import PLURAL as RESTORE_PLURAL
 from snapgroup.api.schedule import KIND as SCHEDULE_KIND
 from snapgroup.api.schedule import PLURAL as SCHEDULE_PLURAL
 from snapgroup.api.snapshotgroup import PLURAL
 from snapgroup.orchestration.groups import GroupRunner
 from snapgroup.orchestration.journal import GroupRef
+from snapgroup.orchestration.restore_plan import RestoreRef
 from snapgroup.orchestration.scheduler import Scheduler, ScheduleRef
 from snapgroup.runtime import Runtime
 
@@ -62,6 +64,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     """Release clients."""
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
+        await runtime.restorer.close()
         await runtime.runner.stop(timeout=STOP_TIMEOUT)
         stop_event: asyncio.Event | None = memo.get("safety_net_stop")
         task: asyncio.Task[None] | None = memo.get("safety_net")
@@ -143,3 +146,27 @@ async def scheduled_group_changed(
     _scheduler(memo).group_changed(
         _schedule_owner(body), body["metadata"]["name"], phase, deleted=event["type"] == "DELETED"
     )
+
+
+# --- SnapshotGroupRestore: one task per restore; objects it created carry its uid ---
+
+
+def _restore_ref(body: kopf.Body) -> RestoreRef:
+    meta = body["metadata"]
+    return RestoreRef(meta["namespace"], meta["name"], meta["uid"])
+
+
+@kopf.on.create(GROUP, VERSION, RESTORE_PLURAL)
+@kopf.on.resume(GROUP, VERSION, RESTORE_PLURAL)
+async def restore_seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A new restore, or one seen at start-up: run it unless it finished."""
+    runtime: Runtime = memo["runtime"]
+    runtime.restorer.start(_restore_ref(body), dict(body.get("spec", {})), dict(body.get("status", {})))
+
+
+@kopf.on.event(GROUP, VERSION, RESTORE_PLURAL)
+async def restore_event(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A restore deleted while it runs: stop it and remove what it created."""
+    if event["type"] == "DELETED":
+        runtime: Runtime = memo["runtime"]
+        await runtime.restorer.stop(_restore_ref(body), str(body.get("spec", {}).get("targetNamespace", "")))

@@ -8,14 +8,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+from snapgroup import __version__
 from snapgroup.adapters.connectors import DatabaseConnectors
 from snapgroup.adapters.groupstore import KubeGroupStore
 from snapgroup.adapters.kube import KubeCluster, load_api_client
+from snapgroup.adapters.objects import KubeObjects
 from snapgroup.hooks.builtin import BUILTIN_HOOK_TYPES
 from snapgroup.orchestration.groups import MAX_WINDOWS, RETRY_DELAY, GroupRunner
+from snapgroup.orchestration.restores import Restorer
 from snapgroup.orchestration.safety_net import SafetyNet
 
 assert BUILTIN_HOOK_TYPES  # imported for registration: every entry point goes through here
+
+OPERATOR_IMAGE = f"snapgroup:{__version__}"
+"""The operator's image, run by a restored server's init step; $SNAPGROUP_IMAGE overrides it
+(the Deployment sets it to the image it runs)."""
 
 
 @dataclass
@@ -46,6 +53,16 @@ class Runtime:
     def group_store(self) -> KubeGroupStore:
         """Schedules and their SnapshotGroups, over the same client as `cluster`."""
         return KubeGroupStore(self.cluster)
+
+    @cached_property
+    def objects(self) -> KubeObjects:
+        """Objects by kind, over the same client as `cluster`."""
+        return KubeObjects(self.cluster)
+
+    @cached_property
+    def restorer(self) -> Restorer:
+        """Runs SnapshotGroupRestores."""
+        return Restorer(self.objects, os.environ.get("SNAPGROUP_IMAGE") or OPERATOR_IMAGE)
 
     @cached_property
     def safety_net(self) -> SafetyNet:

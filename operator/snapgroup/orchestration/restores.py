@@ -1,0 +1,345 @@
+"""Running a SnapshotGroupRestore: read, plan, create, wait until the clone serves, report.
+
+Level-triggered: every object the restore creates carries its uid label, a create that finds
+its own object goes on, and a run interrupted by a restart simply runs again. A failure removes
+everything carrying the label, so the target namespace is left as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from snapgroup.api.base import parse_duration
+from snapgroup.api.restore import KIND, RESTORE_UID_LABEL, RestorePhase, SnapshotGroupRestoreSpec
+from snapgroup.api.snapshotgroup import KIND as GROUP_KIND
+from snapgroup.hooks.restore_prep import prepare_restore
+from snapgroup.ports import GROUP_GONE, ClusterObjects, PlanError, StepError
+
+from .restore_addresses import address_rewrites, rewrite_object
+from .restore_plan import RestorePlan, RestoreRef, SourceWorld, build, select
+
+log = logging.getLogger("snapgroup.restore")
+JSON = dict[str, Any]
+T = TypeVar("T")
+
+CLEANUP_TIMEOUT = 120.0
+"""How long removing a failed restore's objects may take."""
+_CLEANUP_ORDER = ("Deployment", "StatefulSet", "Service", "Secret", "ConfigMap", "PersistentVolumeClaim",
+                  "VolumeSnapshot")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(kind: str, status: str, reason: str, message: str) -> JSON:
+    return {"type": kind, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": _now()}
+
+
+class RestoreFailed(Exception):
+    """A step of the restore failed after objects were created."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Restorer:
+    """Runs restores, one task each; `start` is idempotent, `stop` cancels a running one."""
+
+    def __init__(self, objects: ClusterObjects, operator_image: str) -> None:
+        self.objects = objects
+        self.operator_image = operator_image
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, ref: RestoreRef, spec: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        """Run the restore unless it finished or runs already."""
+        phase = status.get("phase")
+        if phase in (RestorePhase.SUCCEEDED, RestorePhase.FAILED) or ref.uid in self._tasks:
+            return
+        task = asyncio.create_task(self.run(ref, dict(spec)), name=f"restore {ref.namespace}/{ref.name}")
+        self._tasks[ref.uid] = task
+        task.add_done_callback(lambda _: self._tasks.pop(ref.uid, None))
+
+    async def stop(self, ref: RestoreRef, target: str) -> None:
+        """The restore object is gone: stop its run and remove what it created in target."""
+        task = self._tasks.pop(ref.uid, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await self._clean_up(ref, target)
+
+    async def close(self) -> None:
+        """Operator shutdown: cancel runs; each resumes from the cluster's state on restart."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def run(self, ref: RestoreRef, raw_spec: JSON) -> None:
+        """One restore, to Succeeded or Failed; a cancellation (shutdown) leaves it to resume."""
+        spec = SnapshotGroupRestoreSpec.model_validate(raw_spec)
+        started = time.monotonic()
+        try:
+            plan = await self.plan(ref, spec)
+        except PlanError as exc:
+            await self._report_plan_failure(ref, exc.reason, f"{exc.field_path}: {exc.message}")
+            return
+        except StepError as exc:  # reading the world failed (past the client's retries)
+            await self._report_plan_failure(ref, exc.reason, exc.message)
+            return
+        except Exception as exc:  # a bug: say so on the object, never leave it Pending
+            log.exception("planning restore %s/%s failed", ref.namespace, ref.name)
+            await self._report_plan_failure(ref, "InternalError", f"{type(exc).__name__}: {exc}")
+            return
+        await self._write(ref, {
+            "phase": RestorePhase.RESTORING, "startTime": _now(), "message": "creating the clone",
+            "earliestSnapshotTime": plan.earliest_cut,
+            "conditions": [_condition("Planned", "True", "Planned", _plan_summary(plan))],
+        })
+        await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Normal", "Restoring",
+                                        f"cloning into {spec.target_namespace}: {_plan_summary(plan)}")
+        try:
+            budget = parse_duration(spec.timeout).total_seconds()
+            async with asyncio.timeout(budget):
+                status = await _first_error(self._apply(ref, spec, plan, started + budget))
+        except (StepError, RestoreFailed, TimeoutError) as exc:
+            reason = getattr(exc, "reason", "RestoreTimedOut")
+            message = getattr(exc, "message", None) or f"not done within {spec.timeout}: {exc}"
+            await self._fail(ref, spec.target_namespace, reason, message, started)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must not leave half a clone behind
+            log.exception("restore %s/%s failed", ref.namespace, ref.name)
+            await self._fail(ref, spec.target_namespace, "InternalError",
+                             f"{type(exc).__name__}: {exc}", started)
+            return
+        seconds = round(time.monotonic() - started, 3)
+        message = f"clone in {spec.target_namespace} serving the data of the cut, {seconds:.1f}s"
+        await self._write(ref, {
+            **status, "phase": RestorePhase.SUCCEEDED, "completionTime": _now(), "seconds": seconds,
+            "earliestSnapshotTime": plan.earliest_cut,
+            "message": message,
+            "conditions": [_condition("Planned", "True", "Planned", _plan_summary(plan)),
+                           _condition("Restored", "True", "WorkloadsReady", message)],
+        })
+        await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Normal", "Restored", message)
+
+    async def plan(self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec) -> RestorePlan:
+        """Read what the plan needs and decide; PlanError before anything is created."""
+        world = await self._world(ref, spec)
+        selection = select(ref, spec, world)
+        secrets, maps = await asyncio.gather(
+            asyncio.gather(*(self.objects.get("Secret", ref.namespace, n) for n in selection.secrets)),
+            asyncio.gather(*(self.objects.get("ConfigMap", ref.namespace, n) for n in selection.config_maps)),
+        )
+        plan = build(ref, selection, dict(zip(selection.secrets, secrets, strict=True)),
+                     dict(zip(selection.config_maps, maps, strict=True)), world.snapshots,
+                     prepare_restore, self.operator_image)
+        await self._check_conflicts(ref, spec.target_namespace, plan)
+        return plan
+
+    async def _world(self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec) -> SourceWorld:
+        group = await self.objects.get(GROUP_KIND, ref.namespace, spec.group_name)
+        ns = ref.namespace
+        # By the names the group recorded, not by its label: a snapshot of that name cut by
+        # another group must read as not owned, never as gone.
+        recorded = ((group or {}).get("status") or {}).get("services") or []
+        names = sorted({snap.get("name") for service in recorded
+                        for snap in service.get("volumeSnapshots") or []} - {None})
+        found = await asyncio.gather(*(self.objects.get("VolumeSnapshot", ns, n) for n in names))
+        snapshots = [s for s in found if s is not None]
+        pvcs, deployments, statefulsets, services, classes = await asyncio.gather(*(
+            self.objects.list(kind, "" if kind == "StorageClass" else ns)
+            for kind in ("PersistentVolumeClaim", "Deployment", "StatefulSet", "Service", "StorageClass")))
+        target = await self.objects.get("Namespace", "", spec.target_namespace)
+        content_names = {(s.get("status") or {}).get("boundVolumeSnapshotContentName") for s in snapshots}
+        contents = await asyncio.gather(*(self.objects.get("VolumeSnapshotContent", "", n)
+                                          for n in sorted(filter(None, content_names))))
+        return SourceWorld(
+            group=group,
+            snapshots={s["metadata"]["name"]: s for s in snapshots},
+            contents={c["metadata"]["name"]: c for c in contents if c is not None},
+            pvcs={p["metadata"]["name"]: p for p in pvcs},
+            workloads=[*deployments, *statefulsets],
+            services=services, storage_classes=classes, target_namespace=target,
+        )
+
+    async def _check_conflicts(self, ref: RestoreRef, target: str, plan: RestorePlan) -> None:
+        found = await asyncio.gather(*(self.objects.get(kind, target, name) for kind, name in plan.created()))
+        for (kind, name), obj in zip(plan.created(), found, strict=True):
+            if obj is not None and not _ours(obj, ref):
+                raise PlanError("TargetObjectExists", "spec.targetNamespace",
+                                f"{kind} {name} already exists in {target} and is not this restore's; "
+                                "a clone never overwrites anything")
+
+    async def _apply(
+        self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec, plan: RestorePlan, deadline: float
+    ) -> JSON:
+        """Create everything, wait for it to serve; the caller's timeout bounds it all. The waits
+        end just before that deadline, so a timeout names what was not ready."""
+        target = spec.target_namespace
+        for volume in plan.volumes:
+            await self._create(ref, "VolumeSnapshotContent", "", volume.content_copy)
+            await self._create(ref, "VolumeSnapshot", target, volume.snapshot_copy)
+        await _all(self._create(ref, "PersistentVolumeClaim", target, v.claim) for v in plan.volumes)
+        created = await _all(self._create(ref, "Service", target, s) for s in plan.services)
+        sources = {s["metadata"]["name"]: s for s in await self.objects.list("Service", ref.namespace)}
+        rewrites = address_rewrites(
+            [(sources[c["metadata"]["name"]], c) for c in created if c["metadata"]["name"] in sources],
+            ref.namespace, target)
+        objects: list[JSON] = [{"kind": "Service", "name": s["metadata"]["name"]} for s in plan.services]
+        for body in [*plan.secrets, *plan.config_maps]:
+            changed = rewrite_object(body, rewrites)
+            await self._create(ref, body["kind"], target, body)
+            objects.append({"kind": body["kind"], "name": body["metadata"]["name"],
+                            **({"note": "points at the clone: " + ", ".join(changed)} if changed else {})})
+        for body in plan.workloads:
+            rewrite_object(body, rewrites)
+            await self._create(ref, body["kind"], target, body)
+        await self._write(ref, {"message": "waiting for the restored claims and workloads",
+                                "objects": objects, "volumes": _volumes(plan, set())})
+        await _all(self.objects.wait("PersistentVolumeClaim", target, v.pvc, _bound, _left(deadline))
+                   for v in plan.volumes)
+        workloads = await _all(
+            self.objects.wait(w["kind"], target, w["metadata"]["name"], _ready, _left(deadline))
+            for w in plan.workloads if w["spec"].get("replicas", 1) > 0)
+        # The claims are bound to volumes provisioned from the snapshots: the copies have done
+        # their work (Retain keeps the group's backing snapshots whatever happens to them).
+        for volume in plan.volumes:
+            await self.objects.delete("VolumeSnapshot", target, volume.snapshot_copy["metadata"]["name"])
+            await self.objects.delete("VolumeSnapshotContent", "", volume.content_copy["metadata"]["name"])
+        ready = {(w["kind"], w["metadata"]["name"]): w for w in workloads}
+        return {"objects": objects, "volumes": _volumes(plan, {v.pvc for v in plan.volumes}),
+                "workloads": [_workload_status(w, ready, plan) for w in plan.workloads]}
+
+    async def _create(self, ref: RestoreRef, kind: str, namespace: str, body: JSON) -> JSON:
+        created = await self.objects.create(kind, namespace, body)
+        if created is not None:
+            return created
+        existing = await self.objects.get(kind, namespace, body["metadata"]["name"])
+        if existing is None or not _ours(existing, ref):
+            raise RestoreFailed("TargetObjectExists",
+                                f"{kind} {body['metadata']['name']} appeared in {namespace or 'the cluster'} "
+                                "while the restore ran and is not its own; it was left alone")
+        return existing
+
+    async def _fail(self, ref: RestoreRef, target: str, reason: str, message: str, started: float) -> None:
+        try:
+            removed = await asyncio.wait_for(self._clean_up(ref, target), CLEANUP_TIMEOUT)
+            after = f"removed the {removed} object(s) it had created"
+        except (StepError, TimeoutError) as exc:
+            after = (f"removing what it created failed ({exc}); objects labelled "
+                     f"{RESTORE_UID_LABEL}={ref.uid} may remain in {target}")
+        text = f"{message}; {after}"
+        await self._write(ref, {
+            "phase": RestorePhase.FAILED, "completionTime": _now(), "message": text,
+            "seconds": round(time.monotonic() - started, 3),
+            "conditions": [_condition("Restored", "False", reason, text)],
+        })
+        await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason, text)
+
+    async def _clean_up(self, ref: RestoreRef, target: str | None) -> int:
+        """Delete every object carrying the restore's uid; returns how many there were."""
+        selector = f"{RESTORE_UID_LABEL}={ref.uid}"
+        removed = 0
+        if target:
+            for kind in _CLEANUP_ORDER:
+                for obj in await self.objects.list(kind, target, selector):
+                    await self.objects.delete(kind, target, obj["metadata"]["name"])
+                    removed += 1
+        for obj in await self.objects.list("VolumeSnapshotContent", "", selector):
+            await self.objects.delete("VolumeSnapshotContent", "", obj["metadata"]["name"])
+            removed += 1
+        return removed
+
+    async def _report_plan_failure(self, ref: RestoreRef, reason: str, problem: str) -> None:
+        message = f"{problem}; nothing was created"
+        await self._write(ref, {
+            "phase": RestorePhase.FAILED, "completionTime": _now(), "message": message,
+            "conditions": [_condition("Planned", "False", reason, message)],
+        })
+        await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason, message)
+
+    async def _write(self, ref: RestoreRef, status: JSON) -> None:
+        try:
+            await self.objects.patch_status(KIND, ref.namespace, ref.name, status)
+        except StepError as exc:
+            if exc.reason != GROUP_GONE:
+                raise
+
+
+async def _all(steps: Iterable[Awaitable[T]]) -> list[T]:
+    """Run steps at once; when one fails, the others are cancelled and awaited before the error
+    goes on, so nothing lands after the clean-up that follows."""
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(_awaited(step)) for step in steps]
+    return [task.result() for task in tasks]
+
+
+async def _first_error(step: Awaitable[T]) -> T:
+    """The step's result; of several errors raised at once (by `_all`), the first."""
+    try:
+        return await step
+    except BaseExceptionGroup as group:
+        first = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from group
+
+
+async def _awaited(step: Awaitable[T]) -> T:
+    return await step
+
+
+def _left(deadline: float) -> float:
+    """Seconds a wait may take: until shortly before the run's own deadline."""
+    remaining = max(0.0, deadline - time.monotonic())
+    return remaining - min(1.0, remaining / 10)
+
+
+def _ours(obj: JSON, ref: RestoreRef) -> bool:
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(RESTORE_UID_LABEL) == ref.uid
+
+
+def _bound(pvc: JSON) -> bool:
+    return (pvc.get("status") or {}).get("phase") == "Bound"
+
+
+def _ready(workload: JSON) -> bool:
+    wanted = int((workload.get("spec") or {}).get("replicas", 1))
+    status = workload.get("status") or {}
+    return (wanted > 0 and int(status.get("readyReplicas") or 0) >= wanted
+            and int(status.get("observedGeneration") or 0) >= int(workload["metadata"].get("generation", 1)))
+
+
+def _volumes(plan: RestorePlan, bound: set[str]) -> list[JSON]:
+    return [{"pvc": v.pvc, "volumeSnapshot": v.snapshot, "service": v.service, "bound": v.pvc in bound}
+            for v in plan.volumes]
+
+
+def _workload_status(body: JSON, ready: Mapping[tuple[str, str], JSON], plan: RestorePlan) -> JSON:
+    key = (body["kind"], body["metadata"]["name"])
+    replicas = int(body["spec"].get("replicas", 1))
+    seen = ready.get(key)
+    ready_replicas = int(((seen or {}).get("status") or {}).get("readyReplicas") or 0)
+    status: JSON = {"kind": key[0], "name": key[1], "replicas": replicas, "readyReplicas": ready_replicas,
+                    "ready": seen is not None and replicas > 0}
+    recovery = plan.preparations.get(f"{key[0]}/{key[1]}")
+    if recovery:
+        status["backupRecovery"] = recovery
+    return status
+
+
+def _plan_summary(plan: RestorePlan) -> str:
+    workloads = ", ".join(f"{w['kind']}/{w['metadata']['name']}" for w in plan.workloads) or "no workloads"
+    text = f"{len(plan.volumes)} claim(s), {workloads}, {len(plan.services)} Service(s)"
+    return text + ("; " + "; ".join(plan.notes) if plan.notes else "")
