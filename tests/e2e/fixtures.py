@@ -21,7 +21,7 @@ def crds(local_cluster: Any) -> None:
     """The snapgroup CRDs, applied server-side and established."""
     local_cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     local_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/snapshotgroups.snapgroup.dev")
+            "crd/snapshotgroups.snapgroup.dev", "crd/snapshotgrouprestores.snapgroup.dev")
 
 
 @pytest.fixture(scope="session")

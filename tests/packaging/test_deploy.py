@@ -35,25 +35,29 @@ Permission = tuple[str, str, str]
 OPERATOR_PERMISSIONS: set[Permission] = {
     *(("snapgroup.dev", "snapshotgroups", v) for v in ("get", "list", "watch", "patch", "create", "delete")),
     *(("snapgroup.dev", "snapshotgroups/status", v) for v in ("get", "patch")),
+    *(("snapgroup.dev", "snapshotgrouprestores", v) for v in ("get", "list", "watch", "patch")),
+    *(("snapgroup.dev", "snapshotgrouprestores/status", v) for v in ("get", "patch")),
     *(("snapgroup.dev", "scheduledsnapshotgroups", v) for v in ("get", "list", "watch", "patch")),
     *(("snapgroup.dev", "scheduledsnapshotgroups/status", v) for v in ("get", "patch")),
     ("snapgroup.dev", "snapshotgroups/finalizers", "update"),
     ("snapgroup.dev", "scheduledsnapshotgroups/finalizers", "update"),
     *(("snapshot.storage.k8s.io", "volumesnapshots", v)
       for v in ("get", "list", "watch", "create", "delete", "patch")),
-    ("snapshot.storage.k8s.io", "volumesnapshotcontents", "get"),
+    *(("snapshot.storage.k8s.io", "volumesnapshotcontents", v) for v in ("get", "list", "create", "delete")),
     *(("snapshot.storage.k8s.io", "volumesnapshotclasses", v) for v in ("get", "list")),
     *(("", "persistentvolumeclaims", v) for v in ("get", "list")),
     ("", "persistentvolumes", "get"),
     ("", "secrets", "get"),
+    ("", "configmaps", "get"),
+    ("", "services", "list"),
     *(("", "pods", v) for v in ("list", "watch")),
     *(("", "events", v) for v in ("create", "patch")),
     *(("events.k8s.io", "events", v) for v in ("create", "patch")),
-    ("storage.k8s.io", "storageclasses", "get"),
+    *(("storage.k8s.io", "storageclasses", v) for v in ("get", "list")),
     *(("apps", r, v) for r in ("deployments", "statefulsets") for v in ("get", "list", "patch")),
     *(("coordination.k8s.io", "leases", v) for v in ("get", "list", "watch", "create", "patch", "delete")),
     *(("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")),
-    *(("", "namespaces", v) for v in ("list", "watch")),
+    *(("", "namespaces", v) for v in ("get", "list", "watch")),
 }
 # Leader election, in the operator's namespace: create any Lease (create cannot be limited to a
 # name), read and renew only the leader's.
@@ -176,7 +180,9 @@ def test_namespaced_overlay_grants_only_cluster_scoped_reads_cluster_wide(
     assert [r["metadata"]["name"] for r in cluster_roles] == ["snapgroup-cluster-reads"]
     cluster_wide = permissions(cluster_roles[0]["rules"])
     assert {(group, resource) for group, resource, _ in cluster_wide} <= CLUSTER_SCOPED
-    assert {verb for _, _, verb in cluster_wide} <= {"get", "list", "watch"}
+    # Reads only, but for a clone's static snapshot contents (Retain: a copy owns no data).
+    writes = {(g, r) for g, r, verb in cluster_wide if verb not in ("get", "list", "watch")}
+    assert writes <= {("snapshot.storage.k8s.io", "volumesnapshotcontents")}
 
 
 def test_namespaced_overlay_adds_up_to_the_cluster_wide_grant(namespaced: list[dict[str, Any]]) -> None:
