@@ -24,6 +24,7 @@ from snapgroup.adapters.leadership import (
     default_identity,
     default_namespace,
 )
+from snapgroup.adapters.pgdata import PreparationError, prepare_pgdata
 from snapgroup.api import API_VERSION
 from snapgroup.api.base import parse_duration
 from snapgroup.api.crd import check_crds, write_crds
@@ -139,6 +140,16 @@ def _health(election: LeaderElection, loop: asyncio.AbstractEventLoop) -> tuple[
 
 
 # -- crd ---------------------------------------------------------------------------------------
+
+
+def cmd_prepare_pgdata(args: argparse.Namespace) -> int:
+    """A restored PostgreSQL pod's init step: write the backup kept with its snapshot into PGDATA."""
+    try:
+        print(prepare_pgdata(Path(args.pgdata), Path(args.source)))
+    except (PreparationError, OSError, ValueError, KeyError) as exc:
+        print(f"prepare-pgdata: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
@@ -494,6 +505,13 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument("--timeout", default="10m", help="how long the restore may take")
     restore.add_argument("--dry-run", action="store_true", help="print the plan; create nothing")
     restore.set_defaults(func=cmd_restore)
+
+    prepare = sub.add_parser("prepare-pgdata",
+                             help="write a PostgreSQL backup's label and WAL into a restored PGDATA")
+    prepare.add_argument("--pgdata", required=True, help="the restored data directory")
+    prepare.add_argument("--from", dest="source", required=True,
+                         help="directory with backup_label, backup-wal and backup-wal-start")
+    prepare.set_defaults(func=cmd_prepare_pgdata)
 
     for name, func, text in (
         ("verify", cmd_verify, "check a group like an automated checker"),

@@ -100,6 +100,27 @@ class LeaseRecord:
 
 
 @dataclass(frozen=True)
+class BackupEnd:
+    """What pg_backup_stop returns: where the backup ended, and the files a restore writes into
+    PGDATA before the server starts (`tablespace_map` is empty without tablespaces)."""
+
+    lsn: str
+    backup_label: str
+    tablespace_map: str
+
+
+@dataclass(frozen=True)
+class BackupWal:
+    """The WAL a backup needs beyond what its snapshot holds: the bytes from `start` (an LSN) on,
+    in segments of `segment_size` bytes on `timeline`."""
+
+    start: str
+    timeline: int
+    segment_size: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class ClockSample:
     """One reading of a server's clock, taken between two readings of the operator's clock.
 
@@ -169,6 +190,10 @@ class Cluster(Protocol):
 
     async def delete_snapshot(self, namespace: str, name: str) -> None:
         """Delete a VolumeSnapshot; a missing one counts as deleted."""
+        ...
+
+    async def annotate_snapshot(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """Add annotations to a VolumeSnapshot."""
         ...
 
     async def orphan_snapshot(self, namespace: str, name: str) -> None:
@@ -291,8 +316,13 @@ class PostgresSession(Protocol):
         """Enter non-exclusive backup mode on this session; returns the start LSN."""
         ...
 
-    async def backup_stop(self) -> str:
-        """Leave backup mode on this session; returns the stop LSN."""
+    async def backup_stop(self) -> BackupEnd:
+        """Leave backup mode on this session; returns where it ended and its label."""
+        ...
+
+    async def backup_wal(self, start: str, end: str, limit: int) -> BackupWal:
+        """The WAL from LSN start through the page holding LSN end, read from the server's
+        pg_wal; StepError when it may not be read or is longer than limit bytes."""
         ...
 
     async def newest_record(

@@ -26,6 +26,8 @@ from typing import Any
 
 from snapgroup.api.labels import ATTEMPT_LABEL, GROUP_UID_LABEL, ISOLATED_BY
 from snapgroup.ports import (
+    BackupEnd,
+    BackupWal,
     ClockSample,
     LeaseRecord,
     NewestObject,
@@ -64,6 +66,10 @@ class Workload:
         return f"app={self.name}"
 
 
+BACKUP_LABEL_TEXT = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"
+"""The backup_label the fake server's pg_backup_stop returns."""
+
+
 @dataclass
 class Snapshot:
     name: str
@@ -72,6 +78,7 @@ class Snapshot:
     creation_time: datetime | None = None
     ready: bool = False
     frozen_at_create: bool = False
+    annotations: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -296,6 +303,11 @@ class WorldCluster:
     async def delete_snapshot(self, namespace: str, name: str) -> None:
         self.w.snapshots.pop(name, None)
 
+    async def annotate_snapshot(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        s = self.w.snapshots.get(name)
+        if s is not None:
+            s.annotations.update(annotations)
+
     async def orphan_snapshot(self, namespace: str, name: str) -> None:
         s = self.w.snapshots.get(name)
         if s is not None:
@@ -408,7 +420,11 @@ class WorldPostgres:
         if not self.s.in_backup:
             raise StepError("BackupNotInProgress", "backup is not in progress")
         self.s.in_backup = False
-        return "0/2000100"
+        return BackupEnd("0/2000100", BACKUP_LABEL_TEXT, "")
+
+    async def backup_wal(self, start: str, end: str, limit: int) -> BackupWal:
+        self._alive()
+        return BackupWal(start, 1, 16 * 1024 * 1024, b"wal from " + start.encode() + b" to " + end.encode())
 
     async def newest_record(self, table: str | None, column: str | None,
                             query: str | None) -> datetime | None:

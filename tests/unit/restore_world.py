@@ -59,7 +59,7 @@ BACKUP_LABEL = (
     "START TIMELINE: 1\n"
 )
 WAL = base64.b64encode(gzip.compress(b"\x00\x01WAL-SEGMENT-BYTES" * 64, mtime=0)).decode()
-WAL_START = "000000010000000000000005 40"
+WAL_START = '{"segmentSize": 16777216, "start": "0/5000028", "timeline": 1}'
 PG_ANNOTATIONS = {PG_BACKUP_LABEL: BACKUP_LABEL, PG_BACKUP_WAL: WAL, PG_BACKUP_WAL_START: WAL_START}
 
 TLS_DER = b"0\x82\x01\n\x02\x82\x01\x01\x00\xc3\xff 127.96.0.12 minio.bleater.svc \xfe\x00"

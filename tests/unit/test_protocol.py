@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -63,6 +64,7 @@ class FakeCluster:
         """Set when a group reports that it waits for another one."""
         self.patches: list[dict[str, Any]] = []
         self.events: list[tuple[str, str, str]] = []
+        self.annotate_fails = False
 
     async def get_pvc(self, namespace: str, name: str) -> PvcInfo | None:
         return self.pvcs.get(name)
@@ -95,6 +97,12 @@ class FakeCluster:
 
     async def orphan_snapshot(self, namespace: str, name: str) -> None:
         self.log.append(f"orphan {name}")
+
+    async def annotate_snapshot(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        self.log.append(f"annotate {name}")
+        if self.annotate_fails:
+            raise StepError("KubernetesApiError", f"patch VolumeSnapshot {name}: HTTP 500")
+        self.snapshots[name]["metadata"].setdefault("annotations", {}).update(annotations)
 
     async def list_snapshots(self, namespace: str, selector: str) -> list[SnapshotInfo]:
         wanted = dict(part.split("=", 1) for part in selector.split(","))
@@ -211,6 +219,15 @@ class FakeBound(ServiceHook):
     def evidence(self) -> dict[str, str]:
         return {"fake": self.key}
 
+    async def keep_with_snapshot(self) -> dict[str, str]:
+        cluster = self.ctx.cluster
+        assert isinstance(cluster, FakeCluster)
+        cluster.log.append(f"keep {self.key}")
+        kept = self.behaviour.get("keep", {})
+        if isinstance(kept, StepError):
+            raise kept
+        return dict(kept)
+
     def plan_warnings(self) -> list[PlanError]:
         return [PlanError("LastRecordNotIndexed", "spec.services[0].lastRecord.column", "no index")] \
             if self.behaviour.get("unindexed") else []
@@ -284,6 +301,36 @@ def condition(status: SnapshotGroupStatus, type_: str) -> str:
     return next(c.status for c in status.conditions if c.type == type_)
 
 
+async def test_what_a_service_keeps_is_read_after_the_thaw_and_annotated_on_its_snapshots() -> None:
+    BEHAVIOUR["service:postgres"] = {"keep": {"snapgroup.dev/pg-backup-label": "START WAL LOCATION"}}
+    log: list[str] = []
+    cluster = FakeCluster(log)
+    status = await run_group(cluster)
+    assert status.phase == "Succeeded"
+    (pg_snapshot,) = status.services[0].volume_snapshots
+    (mongo_snapshot,) = status.services[1].volume_snapshots
+    assert cluster.snapshots[pg_snapshot.name]["metadata"]["annotations"] == {
+        "snapgroup.dev/pg-backup-label": "START WAL LOCATION"}
+    assert "annotations" not in cluster.snapshots[mongo_snapshot.name]["metadata"]
+    # Read once everything is resumed (never inside the window), annotated once the cut is ready.
+    assert log.index("keep service:postgres") > log.index("undo writer:Deployment/data-writer")
+    assert log.index(f"annotate {pg_snapshot.name}") > log.index("wait ready")
+
+
+@pytest.mark.parametrize("fault", ["keep", "annotate"])
+async def test_a_service_that_cannot_keep_its_backup_does_not_fail_the_group(fault: str) -> None:
+    BEHAVIOUR["service:postgres"] = {"keep": StepError("PermissionDenied", "no pg_read_binary_file")
+                                     if fault == "keep" else {"k": "v"}}
+    cluster = FakeCluster([])
+    cluster.annotate_fails = fault == "annotate"
+    status = await run_group(cluster)
+    assert status.phase == "Succeeded"
+    assert condition(status, "Consistent") == "True"
+    warned = [e for e in cluster.events if e[1] == "BackupNotKept"]
+    assert len(warned) == (1 if fault == "annotate" else 0)
+    assert not any("annotations" in s["metadata"] for s in cluster.snapshots.values())
+
+
 async def test_plan_warnings_become_warning_events_and_do_not_stop_the_group() -> None:
     BEHAVIOUR["service:postgres"] = {"unindexed": True}
     cluster = FakeCluster([])
@@ -305,6 +352,7 @@ async def test_happy_path_orders_isolate_quiesce_cut_record_resume_then_ready() 
         "record service:postgres", "record service:mongodb",
         "undo service:mongodb", "undo service:postgres",
         "undo writer:Deployment/data-writer",
+        "keep service:postgres", "keep service:mongodb",
         "wait ready",
     ]
     assert status.phase == Phase.SUCCEEDED

@@ -7,6 +7,9 @@ adapters against a loopback port nobody listens on, so the messages checked are 
 
 from __future__ import annotations
 
+import base64
+import gzip
+import random
 import socket
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
@@ -21,11 +24,13 @@ from snapgroup.adapters.connectors import DatabaseConnectors
 from snapgroup.adapters.mongo import MongoConnection
 from snapgroup.adapters.objectstore import ObjectStoreConnection
 from snapgroup.adapters.postgres import PostgresConnection
+from snapgroup.api.labels import PG_BACKUP_LABEL, PG_BACKUP_WAL, PG_BACKUP_WAL_START, PG_TABLESPACE_MAP
+from snapgroup.api.restore import WalStart
 from snapgroup.api.snapshotgroup import ServiceTarget
 from snapgroup.hooks import mongodb as mongodb_hook
 from snapgroup.hooks.mongodb import MAX_UNLOCKS
 from snapgroup.hooks.registry import HookContext, ServiceHook, lookup
-from snapgroup.ports import ClockSample, NewestObject, PlanError, StepError
+from snapgroup.ports import BackupEnd, BackupWal, ClockSample, NewestObject, PlanError, StepError
 
 NS = "bleater"
 PATH = "spec.services[1]"
@@ -80,6 +85,9 @@ class FakeClock:
         return ClockSample(now, now + timedelta(seconds=self.skew_seconds), now, resolution=0.0)
 
 
+PG_LABEL = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n"
+
+
 class FakePostgresSession(FakeClock):
     """A PostgreSQL session: backup mode is a flag; `lost` makes every call fail like a dead one."""
 
@@ -93,6 +101,9 @@ class FakePostgresSession(FakeClock):
         """Other sessions open on the server, by application_name."""
         self.names: list[str] = []
         """application_name of every connection made."""
+        self.wal: bytes | StepError = b"\x00" * 8192
+        """What reading the backup's WAL gives: its bytes, or the error the server answers."""
+        self.wal_reads: list[tuple[str, str]] = []
 
     def _alive(self) -> None:
         if self.lost or self.closed:
@@ -107,12 +118,19 @@ class FakePostgresSession(FakeClock):
         self.in_backup = True
         return "0/2000028"
 
-    async def backup_stop(self) -> str:
+    async def backup_stop(self) -> BackupEnd:
         self._alive()
         if not self.in_backup:
             raise StepError("BackupNotInProgress", "backup is not in progress")
         self.in_backup = False
-        return "0/2000100"
+        return BackupEnd("0/2000100", PG_LABEL, "")
+
+    async def backup_wal(self, start: str, end: str, limit: int) -> BackupWal:
+        self._alive()
+        self.wal_reads.append((start, end))
+        if isinstance(self.wal, StepError):
+            raise self.wal
+        return BackupWal(start, 1, 16 * 1024 * 1024, self.wal)
 
     async def newest_record(self, table: str | None, column: str | None,
                             query: str | None) -> datetime | None:
@@ -342,6 +360,50 @@ async def test_postgres_backup_round_trip_records_lsns() -> None:
     await hook.release()
     await hook.release()
     assert connectors.postgres_session.closed == 1
+
+
+async def test_postgres_keeps_the_backup_label_and_its_wal_for_the_snapshots() -> None:
+    connectors = FakeConnectors()
+    hook = await plan_one("postgresql", with_secret("postgresql"), connectors)
+    await hook.undo(await hook.apply())
+
+    kept = await hook.keep_with_snapshot()
+
+    assert connectors.postgres_session.wal_reads == [("0/2000028", "0/2000100")]
+    assert kept[PG_BACKUP_LABEL] == PG_LABEL
+    assert gzip.decompress(base64.b64decode(kept[PG_BACKUP_WAL])) == connectors.postgres_session.wal
+    assert WalStart.from_text(kept[PG_BACKUP_WAL_START]) == WalStart("0/2000028", 1, 16 * 1024 * 1024)
+    assert PG_TABLESPACE_MAP not in kept  # no tablespaces
+    assert hook.evidence()["backupKept"] == "label and 8192 bytes of WAL from 0/2000028"
+
+
+@pytest.mark.parametrize(("wal", "why"), [
+    (StepError("PermissionDenied", "reading WAL segment: permission denied"), "permission denied"),
+    (random.Random(7).randbytes(200_000), "more than"),  # incompressible: too large to annotate
+])
+async def test_postgres_without_its_wal_keeps_the_label_only_and_says_restores_use_crash_recovery(
+    wal: bytes | StepError, why: str
+) -> None:
+    connectors = FakeConnectors()
+    connectors.postgres_session.wal = wal
+    hook = await plan_one("postgresql", with_secret("postgresql"), connectors)
+    await hook.undo(await hook.apply())
+
+    kept = await hook.keep_with_snapshot()
+
+    assert kept == {PG_BACKUP_LABEL: PG_LABEL}
+    assert why in hook.evidence()["backupKept"]
+    assert "crash recovery" in hook.evidence()["backupKept"]
+
+
+async def test_postgres_whose_backup_did_not_stop_keeps_nothing() -> None:
+    connectors = FakeConnectors()
+    hook = await plan_one("postgresql", with_secret("postgresql"), connectors)
+    record = await hook.apply()
+    connectors.postgres_session.lost = True
+    await hook.undo(record)
+    assert await hook.keep_with_snapshot() == {}
+    assert connectors.postgres_session.wal_reads == []
 
 
 async def test_postgres_undo_after_session_died_reports_instead_of_failing() -> None:

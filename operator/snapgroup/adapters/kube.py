@@ -402,13 +402,22 @@ class KubeCluster:
             allow={404},
         )
 
+    async def annotate_snapshot(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
+        """Add annotations to a VolumeSnapshot."""
+        await self._patch_snapshot(namespace, name, f"annotate VolumeSnapshot {namespace}/{name}",
+                                   {"metadata": {"annotations": dict(annotations)}})
+
     async def orphan_snapshot(self, namespace: str, name: str) -> None:
         """Drop a VolumeSnapshot's owner references, so it outlives its group."""
+        await self._patch_snapshot(namespace, name,
+                                   f"release VolumeSnapshot {namespace}/{name} from its group",
+                                   {"metadata": {"ownerReferences": None}})
+
+    async def _patch_snapshot(self, namespace: str, name: str, action: str, patch: dict[str, Any]) -> None:
         await self._call(
-            "patch", f"release VolumeSnapshot {namespace}/{name} from its group",
-            self._custom.patch_namespaced_custom_object,
+            "patch", action, self._custom.patch_namespaced_custom_object,
             SNAPSHOT_API_GROUP, SNAPSHOT_API_VERSION, namespace, "volumesnapshots", name,
-            {"metadata": {"ownerReferences": None}}, allow={404},
+            patch, allow={404},
         )
 
     async def list_snapshots(self, namespace: str, selector: str) -> list[SnapshotInfo]:

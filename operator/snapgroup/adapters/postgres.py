@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,8 +21,9 @@ from psycopg import errors, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.postgres import types as pg_types
 
+from snapgroup.adapters.pgdata import wal_file_name
 from snapgroup.api.snapshotgroup import split_table
-from snapgroup.ports import ClockSample, StepError
+from snapgroup.ports import BackupEnd, BackupWal, ClockSample, StepError
 
 APPLICATION_NAME = "snapgroup"
 """Shown in pg_stat_activity for the operator's sessions."""
@@ -189,17 +191,55 @@ class PostgresConnection:
         statement = query.format(sql.Literal(label))
         return str(await self._call("starting the backup", lambda: self._scalar(statement)))
 
-    async def backup_stop(self) -> str:
-        """Leave backup mode on this session; returns the stop LSN.
+    async def backup_stop(self) -> BackupEnd:
+        """Leave backup mode on this session; returns the stop LSN, backup_label and
+        tablespace_map.
 
         Does not wait for WAL archiving: the snapshot already holds the volume, and waiting on an
         archiver would keep the services frozen.
         """
         if await self.server_version() >= _PG15:
-            query = sql.SQL("SELECT lsn::text FROM pg_backup_stop(wait_for_archive => false)")
+            query = sql.SQL("SELECT lsn::text, labelfile, coalesce(spcmapfile, '')"
+                            " FROM pg_backup_stop(wait_for_archive => false)")
         else:
-            query = sql.SQL("SELECT lsn::text FROM pg_stop_backup(false, false)")
-        return str(await self._call("stopping the backup", lambda: self._scalar(query)))
+            query = sql.SQL("SELECT lsn::text, labelfile, coalesce(spcmapfile, '')"
+                            " FROM pg_stop_backup(false, false)")
+        lsn, label, spcmap = await self._call("stopping the backup", lambda: self._row(query))
+        return BackupEnd(str(lsn), str(label or ""), str(spcmap or ""))
+
+    async def backup_wal(self, start: str, end: str, limit: int) -> BackupWal:
+        """WAL bytes from start through the WAL page holding end, read with
+        pg_read_binary_file from each segment in between.
+
+        pg_backup_stop switched to a new segment after its end-of-backup record, so that part of
+        the WAL is on disk. Reading it needs superuser or pg_read_server_files.
+        """
+        layout = sql.SQL(
+            "SELECT (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),"
+            " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_block_size'),"
+            " (SELECT timeline_id FROM pg_control_checkpoint()),"
+            " {}::pg_lsn - '0/0'::pg_lsn, {}::pg_lsn - '0/0'::pg_lsn"
+        ).format(sql.Literal(start), sql.Literal(end))
+        segment, block, timeline, first, last = (
+            int(str(v)) for v in await self._call("reading the WAL layout", lambda: self._row(layout)))
+        # Whole pages: from the one holding `start` (its header too) through the one holding `end`.
+        first, last = first // block * block, (last // block + 1) * block
+        if last - first > limit:
+            raise StepError("BackupWalTooLong", f"the backup's WAL is {last - first} bytes, "
+                                                f"more than the {limit} read for a snapshot")
+        pieces: list[bytes] = []
+        position = first
+        while position < last:
+            offset = position % segment
+            length = min(segment - offset, last - position)
+            name = wal_file_name(timeline, position // segment, segment)
+            read = sql.SQL("SELECT pg_read_binary_file({}, {}, {})").format(
+                sql.Literal(f"pg_wal/{name}"), sql.Literal(offset), sql.Literal(length))
+            chunk = await self._call(f"reading WAL segment {name}", functools.partial(self._scalar, read))
+            assert isinstance(chunk, bytes | memoryview)
+            pieces.append(bytes(chunk))
+            position += length
+        return BackupWal(f"{first >> 32:X}/{first & 0xFFFFFFFF:X}", timeline, segment, b"".join(pieces))
 
     async def newest_record(
         self, table: str | None, column: str | None, query: str | None
@@ -313,13 +353,16 @@ class PostgresConnection:
         """The session's TimeZone, as the server reported it."""
         return self._conn.info.timezone
 
-    async def _scalar(self, statement: psycopg.abc.Query) -> object:
+    async def _row(self, statement: psycopg.abc.Query) -> tuple[Any, ...]:
         async with self._conn.cursor() as cur:
             await cur.execute(statement)
             row = await cur.fetchone()
         if row is None:
             raise StepError("QueryFailed", f"{self._address.describe()} returned no row")
-        return row[0]
+        return tuple(row)
+
+    async def _scalar(self, statement: psycopg.abc.Query) -> object:
+        return (await self._row(statement))[0]
 
     async def _call(
         self, action: str, run: Callable[[], Awaitable[T]], subject: str | None = None

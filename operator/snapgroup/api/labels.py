@@ -43,10 +43,17 @@ LABEL_VALUE_LIMIT = 63
 def label_value(name: str) -> str:
     """An object name (up to 253 characters) as a label value (at most 63): long names are cut
     and a hash of the whole name added, so distinct names stay distinct."""
-    if len(name) <= LABEL_VALUE_LIMIT:
+    return shortened(name, LABEL_VALUE_LIMIT)
+
+
+def shortened(name: str, limit: int) -> str:
+    """name itself when it fits in limit characters, else cut (never ending in '-' or '.') with
+    a hash of the whole name added, so distinct names stay distinct."""
+    if len(name) <= limit:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[: LABEL_VALUE_LIMIT - len(digest) - 1].rstrip('-.')}-{digest}"
+    return f"{name[: limit - len(digest) - 1].rstrip('-.')}-{digest}"
+
 
 PG_BACKUP_LABEL = f"{GROUP}/pg-backup-label"
 """On a PostgreSQL service's VolumeSnapshot: the backup_label pg_backup_stop returned."""
@@ -55,4 +62,5 @@ PG_TABLESPACE_MAP = f"{GROUP}/pg-tablespace-map"
 PG_BACKUP_WAL = f"{GROUP}/pg-backup-wal"
 """On a PostgreSQL service's VolumeSnapshot: the WAL from the backup's start to its end, gzip, base64."""
 PG_BACKUP_WAL_START = f"{GROUP}/pg-backup-wal-start"
-"""On a PostgreSQL service's VolumeSnapshot: where that WAL starts (segment file and offset)."""
+"""On a PostgreSQL service's VolumeSnapshot: where that WAL starts, as JSON (start LSN, timeline,
+segment size)."""

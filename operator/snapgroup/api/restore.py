@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
@@ -139,3 +141,32 @@ class SnapshotGroupRestoreStatus(ApiModel):
     """Everything else created: Services, Secrets, ConfigMaps."""
     conditions: list[Condition] = Field(default_factory=list)
     """Planned (the plan holds), Restored (every workload ready on the restored data)."""
+
+
+# Files a restored PostgreSQL pod's init step finds in its preparation directory.
+PG_LABEL_FILE = "backup_label"
+PG_TABLESPACE_MAP_FILE = "tablespace_map"
+PG_WAL_FILE = "backup-wal"
+"""gzip of the WAL bytes from the backup's start on."""
+PG_WAL_START_FILE = "backup-wal-start"
+"""JSON: {"start": LSN, "timeline": int, "segmentSize": int}."""
+
+
+@dataclass(frozen=True)
+class WalStart:
+    """Where the kept WAL bytes begin."""
+
+    start: str
+    timeline: int
+    segment_size: int
+
+    def to_text(self) -> str:
+        """The JSON kept beside the WAL."""
+        return json.dumps({"start": self.start, "timeline": self.timeline,
+                           "segmentSize": self.segment_size}, sort_keys=True)
+
+    @classmethod
+    def from_text(cls, text: str) -> WalStart:
+        """Read what `to_text` wrote."""
+        data = json.loads(text)
+        return cls(str(data["start"]), int(data["timeline"]), int(data["segmentSize"]))

@@ -9,19 +9,30 @@ runs on the very session the plan opened.
 
 from __future__ import annotations
 
+import base64
+import gzip
 from collections.abc import Mapping
 from datetime import datetime
 
+from snapgroup.api.labels import PG_BACKUP_LABEL, PG_BACKUP_WAL, PG_BACKUP_WAL_START, PG_TABLESPACE_MAP
+from snapgroup.api.restore import WalStart
 from snapgroup.api.snapshotgroup import LastRecord, ServiceTarget
 from snapgroup.hooks.registry import HookContext, UndoRecord, register
 from snapgroup.hooks.services import BoundService, ServiceHookType
 from snapgroup.hooks.sql_statement import statement_problem
-from snapgroup.ports import Connectors, PlanError, PostgresSession, StepError
+from snapgroup.ports import BackupEnd, Connectors, PlanError, PostgresSession, StepError
 
 SESSION_ENDED = (
     "the backup ended with its session: PostgreSQL aborts a non-exclusive backup when the "
     "session that started it closes, so there is nothing left to stop"
 )
+
+
+KEPT_WAL_LIMIT = 160 * 1024
+"""Bytes of packed WAL kept with a snapshot: Kubernetes holds at most 256 KiB of annotations
+per object."""
+READ_WAL_LIMIT = 8 * 1024 * 1024
+"""Bytes of WAL read for it at most (a quiet server's backup needs a few kilobytes)."""
 
 
 def _version_text(number: int) -> str:
@@ -37,6 +48,7 @@ class PostgresBackup(BoundService[PostgresSession]):
     ) -> None:
         super().__init__(ctx, service, session)
         self.label = f"snapgroup {ctx.namespace}/{ctx.group} {service.name}"
+        self._end: BackupEnd | None = None
         self._evidence["serverVersion"] = _version_text(version)
 
     def intent(self) -> UndoRecord:
@@ -67,8 +79,42 @@ class PostgresBackup(BoundService[PostgresSession]):
             # a non-exclusive backup when its session ends, so once closed it is undone.
             await self.release()
             return f"pg_backup_stop failed ({exc.message}); the session was closed, {SESSION_ENDED}"
-        self._evidence["backupStopLSN"] = stop
-        return f"left backup mode at LSN {stop} (started at {record.get('startLsn', 'unknown')})"
+        self._evidence["backupStopLSN"] = stop.lsn
+        self._end = stop
+        return f"left backup mode at LSN {stop.lsn} (started at {record.get('startLsn', 'unknown')})"
+
+    async def keep_with_snapshot(self) -> dict[str, str]:
+        """The backup's label, tablespace map and WAL (start through end-of-backup), as
+        annotations for the service's snapshots: a restore writes them into PGDATA so the
+        server starts backup recovery rather than crash recovery over a copy that may be torn.
+
+        Read after the thaw, on the session still open. Without them (the backup did not stop
+        cleanly, or the WAL may not be read or is too long) a restore falls back to crash
+        recovery, and the evidence says why.
+        """
+        start = self._evidence.get("backupStartLSN")
+        if self._end is None or start is None or not self._end.backup_label:
+            return {}
+        try:
+            wal = await self.session.backup_wal(start, self._end.lsn, READ_WAL_LIMIT)
+        except StepError as exc:
+            self._evidence["backupKept"] = (f"label only, no WAL ({exc.message}): "
+                                            "a restore uses crash recovery")
+            return {PG_BACKUP_LABEL: self._end.backup_label}
+        packed = base64.b64encode(gzip.compress(wal.data, mtime=0)).decode()
+        if len(packed) > KEPT_WAL_LIMIT:
+            self._evidence["backupKept"] = (
+                f"label only: the WAL packs to {len(packed)} bytes, more than {KEPT_WAL_LIMIT} "
+                "an annotation holds; a restore uses crash recovery")
+            return {PG_BACKUP_LABEL: self._end.backup_label}
+        self._evidence["backupKept"] = f"label and {len(wal.data)} bytes of WAL from {wal.start}"
+        kept = {
+            PG_BACKUP_LABEL: self._end.backup_label, PG_BACKUP_WAL: packed,
+            PG_BACKUP_WAL_START: WalStart(wal.start, wal.timeline, wal.segment_size).to_text(),
+        }
+        if self._end.tablespace_map:
+            kept[PG_TABLESPACE_MAP] = self._end.tablespace_map
+        return kept
 
     async def read_newest(self, last_record: LastRecord) -> datetime | None:
         """max(column) of table, or the configured query, read-only."""

@@ -133,6 +133,10 @@ class ServiceHook(BoundHook):
         """Type-specific proof of quiesce for the status (LSNs, lock counts)."""
         return {}
 
+    async def keep_with_snapshot(self) -> dict[str, str]:
+        """After the thaw: annotations for the service's snapshots that a restore needs."""
+        return {}
+
     def plan_warnings(self) -> list[PlanError]:
         """What the plan found worth a warning but no reason to stop."""
         return []

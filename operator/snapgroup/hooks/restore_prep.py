@@ -20,6 +20,7 @@ from snapgroup.api.labels import (
     PG_BACKUP_WAL_START,
     PG_TABLESPACE_MAP,
 )
+from snapgroup.api.restore import PG_LABEL_FILE, PG_TABLESPACE_MAP_FILE, PG_WAL_FILE, PG_WAL_START_FILE
 
 PREPARATION_MOUNT = "/snapgroup/restore"
 """Where a restored server's init step finds the files kept with its snapshot."""
@@ -64,9 +65,9 @@ def _postgres(
     pgdata = _pgdata(container, mount_path)
     if pgdata is None:
         return f"crash recovery: PGDATA of container {container.get('name')} is not on the restored claim"
-    files = {"backup_label": _text(label), "backup-wal": wal, "backup-wal-start": _text(start)}
+    files = {PG_LABEL_FILE: _text(label), PG_WAL_FILE: wal, PG_WAL_START_FILE: _text(start)}
     if annotations.get(PG_TABLESPACE_MAP):
-        files["tablespace_map"] = _text(annotations[PG_TABLESPACE_MAP])
+        files[PG_TABLESPACE_MAP_FILE] = _text(annotations[PG_TABLESPACE_MAP])
     return Preparation(
         files=files,
         args=["prepare-pgdata", "--pgdata", pgdata, "--from", PREPARATION_MOUNT],

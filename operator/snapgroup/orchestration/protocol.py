@@ -30,7 +30,7 @@ from snapgroup.api.snapshotgroup import (
     VolumeSnapshotStatus,
     WriterStatus,
 )
-from snapgroup.hooks.registry import HookContext
+from snapgroup.hooks.registry import HookContext, ServiceHook
 from snapgroup.orchestration.exclusion import exclusive_targets, group_of
 from snapgroup.orchestration.journal import CONDITION_TYPES, Journal, now
 from snapgroup.orchestration.plan import Plan, PlannedService, make_plan
@@ -51,6 +51,8 @@ WAIT_TIMEOUT = 3600.0
 """How long a group waits for another group holding its targets before it fails."""
 READY_TIMEOUT = 600.0
 """How long to wait for readyToUse after the window; uploads can be slow, nothing is frozen."""
+KEEP_TIMEOUT = 15.0
+"""Seconds a service may take, after the thaw, to say what it keeps with its snapshots."""
 REPLANS = 3
 """How often the targets may change between the first plan and the plan under their Leases."""
 
@@ -89,6 +91,8 @@ class GroupRun:
         self._window_task: asyncio.Task[None] | None = None
         self._outer_task: asyncio.Task[Any] | None = None
         self._abort: Failure | None = None
+        self._kept: dict[str, dict[str, str]] = {}
+        """Service name -> annotations for its snapshots (see `_gather_kept`)."""
         self.in_window = False
         """True from the window's opening to the end of its thaw: an abort then thaws; outside
         it nothing is frozen."""
@@ -363,6 +367,8 @@ class GroupRun:
                 "operator": round(seconds - waits.seconds(), 3),
             }
         j.status.writers = self._writer_statuses()
+        if not held:
+            await self._gather_kept(plan)
         by_name = {s.name: s for s in j.status.services}
         for hook in (s.hook for s in plan.services):
             svc_status = by_name.get(hook.key.removeprefix("service:"))
@@ -378,6 +384,31 @@ class GroupRun:
         except Exception as exc:  # the group may be gone; the thaw itself is done
             log.warning("%s: status not written after the thaw: %s", self.ctx.qualified, exc)
         return bool(held)
+
+    async def _gather_kept(self, plan: Plan) -> None:
+        """What each service keeps with its snapshots (read after the thaw, on its session),
+        bounded; a service that cannot say is restored without it."""
+        async def one(hook: ServiceHook) -> tuple[str, dict[str, str]]:
+            try:
+                return hook.key, await asyncio.wait_for(hook.keep_with_snapshot(), KEEP_TIMEOUT)
+            except Exception as exc:  # never a reason to fail a group whose thaw is done
+                log.warning("%s: %s keeps nothing with its snapshots: %s", self.ctx.qualified, hook.key, exc)
+                return hook.key, {}
+        found = await asyncio.gather(*(one(s.hook) for s in plan.services))
+        self._kept = {key.removeprefix("service:"): kept for key, kept in found if kept}
+
+    async def _annotate_snapshots(self) -> None:
+        """Put what the services kept on their snapshots; a failure leaves a restore without it
+        (and says so), never the group failed."""
+        ctx = self.ctx
+        for svc in self.journal.status.services:
+            for snap in svc.volume_snapshots if svc.name in self._kept else []:
+                try:
+                    await ctx.cluster.annotate_snapshot(ctx.namespace, snap.name, self._kept[svc.name])
+                except StepError as exc:
+                    text = f"{snap.name}: what a restore of {svc.name} needs was not kept: {exc.message}"
+                    self.journal.event("Warning", "BackupNotKept", text)
+                    svc.evidence = {**(svc.evidence or {}), "backupKept": f"not kept ({text})"}
 
     def _writer_statuses(self) -> list[WriterStatus]:
         writers = []
@@ -449,6 +480,7 @@ class GroupRun:
             await self._discard_snapshots()
             return Failure(reason, f"snapshots were cut but did not become ready: {exc}", True)
         self._apply_snapshot_infos(infos)
+        await self._annotate_snapshots()
         j.condition("SnapshotsReady", "True", "AllReady", f"{len(names)} snapshot(s) ready to use")
         verdict = consistency(j.status.services, j.status.earliest_snapshot_time)
         j.condition("Consistent", verdict.status, verdict.reason, verdict.message)
