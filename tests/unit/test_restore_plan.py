@@ -18,6 +18,7 @@ from snapgroup.api.labels import (
     PG_BACKUP_WAL,
     PG_BACKUP_WAL_START,
     PG_TABLESPACE_MAP,
+    shortened,
 )
 from snapgroup.api.restore import RESTORE_LABEL, RESTORE_UID_LABEL, SnapshotGroupRestoreSpec
 from snapgroup.hooks.restore_prep import PREPARATION_MOUNT, Preparation, prepare_restore
@@ -476,8 +477,6 @@ def test_prepare_restore_has_nothing_to_do_for_other_servers(service_type: str) 
     assert outcome == "starts as it was cut; nothing to prepare"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: the operator image has no `prepare-pgdata` command for the init step")
 def test_the_init_step_runs_a_command_the_operator_image_has() -> None:
     from snapgroup.cli import parser  # the image's ENTRYPOINT is `snapgroup`, the init step gives args
 
@@ -505,7 +504,7 @@ def test_the_postgres_workload_gets_an_init_step_writing_the_backup_into_pgdata(
         {"name": "data", "mountPath": PG_MOUNT},
         {"name": "snapgroup-restore", "mountPath": PREPARATION_MOUNT, "readOnly": True}]
     assert step["securityContext"] == source_container["securityContext"]
-    assert {"name": "snapgroup-restore", "secret": {"secretName": prep_secret, "defaultMode": 0o400}} in (
+    assert {"name": "snapgroup-restore", "secret": {"secretName": prep_secret, "defaultMode": 0o444}} in (
         pod["volumes"])
     assert pod["containers"] == [source_container]  # the server itself is as it was
     files = one(built.secrets, "Secret", prep_secret)
@@ -560,3 +559,12 @@ def test_a_postgres_statefulset_with_two_replicas_starts_by_crash_recovery_with_
     assert all(v["name"] != "snapgroup-restore" for v in pod.get("volumes") or [])
     assert not [s for s in names(built.secrets) if s.startswith("snapgroup-restore-")]
     assert built.preparations["StatefulSet/postgres"].startswith("crash recovery: its 2 restored claims")
+
+
+@pytest.mark.parametrize("limit", [63, 253])
+def test_names_too_long_for_the_api_are_cut_with_a_hash_and_stay_distinct(limit: int) -> None:
+    long = "s" * (limit - 9) + "-" + "x" * 20  # a cut here would end in '-'
+    cut = shortened(long, limit)
+    assert len(cut) <= limit and cut[-1].isalnum() and cut[0] == "s"
+    assert cut != shortened(long + "y", limit)
+    assert shortened("postgres-data", limit) == "postgres-data"

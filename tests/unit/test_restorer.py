@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from snapgroup.api.restore import RESTORE_UID_LABEL
+from snapgroup.api.restore import RESTORE_TARGET_LABEL, RESTORE_UID_LABEL
 from snapgroup.orchestration.restores import Restorer
 from snapgroup.ports import StepError
 from unit.fake_objects import FakeObjects
@@ -285,6 +285,30 @@ async def test_a_create_failing_beside_another_in_flight_leaves_nothing_behind()
 
 
 # -- crashes, deletion, shutdown ----------------------------------------------------------------
+
+
+async def test_a_rerun_whose_plan_now_fails_removes_what_the_first_run_created() -> None:
+    fake = cluster()
+    before = others(fake)
+    fake.never_ready.add(("Deployment", "postgres"))
+    first = Restorer(fake, IMAGE)
+    first.start(REF, restore_spec(), {})
+    await fake.until(lambda: ("Deployment", TARGET, "postgres") in fake.waiting)
+    await first.close()
+    assert len(fake.labelled(RESTORE_UID)) > COPIES
+    # While the operator was down the namespace's owner withdrew consent.
+    del fake.objects[("Namespace", "", TARGET)]["metadata"]["labels"][RESTORE_TARGET_LABEL]
+    before = others(fake)
+
+    second = Restorer(fake, IMAGE)
+    second.start(REF, restore_spec(), dict(fake.objects[RESTORE_KEY]["status"]))
+    await fake.until(lambda: fake.objects[RESTORE_KEY]["status"]["phase"] == "Failed")
+    status = fake.objects[RESTORE_KEY]["status"]
+    assert condition(status, "Restored")["reason"] == "TargetNamespaceNotOptedIn"
+    assert "nothing was created" not in status["message"]
+    assert "removed the" in status["message"]
+    assert fake.labelled(RESTORE_UID) == []
+    assert others(fake) == before
 
 
 async def test_a_rerun_after_a_crash_goes_on_with_what_the_first_run_created() -> None:

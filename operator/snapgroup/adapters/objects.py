@@ -130,7 +130,7 @@ class KubeObjects:
                     listing = await self._cluster._call(
                         "list", f"read {kind} {namespace}/{name}", send, field_selector=field)
                     items = listing.get("items") or []
-                    last = dict(items[0]) if items else None
+                    last = dict(items[0], kind=kind) if items else None
                     if last is not None and done(last):
                         return last
                     stream = self._cluster._watch(
@@ -140,7 +140,7 @@ class KubeObjects:
                     async with stream:
                         while (event := await self._cluster._next(stream)) is not None:
                             if event["type"] in ("ADDED", "MODIFIED"):
-                                last = dict(event["object"])
+                                last = dict(event["object"], kind=kind)
                                 if done(last):
                                     return last
                             elif event["type"] == "DELETED":

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from snapgroup.api import GROUP
-from snapgroup.api.labels import GROUP_UID_LABEL, ORIGINAL_REPLICAS
+from snapgroup.api.labels import GROUP_UID_LABEL, ORIGINAL_REPLICAS, label_value, shortened
 from snapgroup.api.restore import (
     RESTORE_LABEL,
     RESTORE_TARGET_LABEL,
@@ -35,6 +35,7 @@ _DROPPED_ANNOTATIONS = (
     "kubectl.kubernetes.io/last-applied-configuration", "deployment.kubernetes.io/revision",
 )
 _DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
+_NAME_LIMIT = 253
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class RestoreRef:
     @property
     def labels(self) -> dict[str, str]:
         """The labels every object the restore creates carries."""
-        return {RESTORE_UID_LABEL: self.uid, RESTORE_LABEL: f"{self.namespace}.{self.name}"[:63].rstrip("-.")}
+        return {RESTORE_UID_LABEL: self.uid, RESTORE_LABEL: label_value(f"{self.namespace}.{self.name}")}
 
 
 Prepare = Callable[[str, Mapping[str, str], JSON, str], "Preparation | str"]
@@ -233,8 +234,8 @@ def _volume(
         raise PlanError("SnapshotContentNotFound", path,
                         f"VolumeSnapshot {name} has no bound VolumeSnapshotContent with a snapshot handle")
     labels = ref.labels
-    copy_name = f"{name}-{ref.uid[:8]}"
-    content_name = f"snapgroup-{ref.uid[:8]}-{name}"[:253]
+    copy_name = shortened(f"{name}-{ref.uid[:8]}", _NAME_LIMIT)
+    content_name = shortened(f"snapgroup-{ref.uid[:8]}-{name}", _NAME_LIMIT)
     content_copy = {
         "apiVersion": SNAPSHOT_API, "kind": "VolumeSnapshotContent",
         "metadata": {"name": content_name, "labels": labels},
@@ -548,21 +549,29 @@ def _prepare(
         outcome = prepare(volume.service_type, annotations, container, mount["mountPath"])
         if isinstance(outcome, str):
             return outcome
-        secret_name = f"snapgroup-restore-{ref.uid[:8]}-{volume.service}"[:253]
+        secret_name = shortened(f"snapgroup-restore-{ref.uid[:8]}-{volume.service}", _NAME_LIMIT)
         secrets.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                         "metadata": {"name": secret_name, "labels": ref.labels},
                         "data": outcome.files})
+        # Readable by whichever user the step runs as; only the pod's containers see the volume.
         pod.setdefault("volumes", []).append(
-            {"name": _PREPARATION_VOLUME, "secret": {"secretName": secret_name, "defaultMode": 0o400}})
+            {"name": _PREPARATION_VOLUME, "secret": {"secretName": secret_name, "defaultMode": 0o444}})
+        data_mount = {k: v for k, v in mount.items() if k in ("name", "mountPath", "subPath", "subPathExpr")}
         step: JSON = {
             "name": "snapgroup-prepare", "image": operator_image, "args": outcome.args,
             "volumeMounts": [
-                {"name": volume_name, "mountPath": mount["mountPath"]},
+                data_mount,
                 {"name": _PREPARATION_VOLUME, "mountPath": PREPARATION_MOUNT, "readOnly": True},
             ],
         }
-        if container.get("securityContext"):
-            step["securityContext"] = copy.deepcopy(container["securityContext"])
+        context = container.get("securityContext") or {}
+        if context.get("runAsUser") is not None:
+            # The server's own user: the files it writes belong to PGDATA's owner.
+            step["securityContext"] = copy.deepcopy(context)
+        else:
+            # The server image starts as root and drops to its user (the official postgres
+            # image does): so does the step, which gives what it writes to PGDATA's owner.
+            step["securityContext"] = {"runAsUser": 0}
         pod["initContainers"] = [step, *(pod.get("initContainers") or [])]
         return outcome.summary
     return "its claim is not mounted by a container"

@@ -64,7 +64,9 @@ class Restorer:
         phase = status.get("phase")
         if phase in (RestorePhase.SUCCEEDED, RestorePhase.FAILED) or ref.uid in self._tasks:
             return
-        task = asyncio.create_task(self.run(ref, dict(spec)), name=f"restore {ref.namespace}/{ref.name}")
+        resumed = phase == RestorePhase.RESTORING
+        task = asyncio.create_task(self.run(ref, dict(spec), resumed),
+                                   name=f"restore {ref.namespace}/{ref.name}")
         self._tasks[ref.uid] = task
         task.add_done_callback(lambda _: self._tasks.pop(ref.uid, None))
 
@@ -83,21 +85,21 @@ class Restorer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def run(self, ref: RestoreRef, raw_spec: JSON) -> None:
-        """One restore, to Succeeded or Failed; a cancellation (shutdown) leaves it to resume."""
+    async def run(self, ref: RestoreRef, raw_spec: JSON, resumed: bool = False) -> None:
+        """One restore, to Succeeded or Failed; a cancellation (shutdown) leaves it to resume.
+
+        resumed: an earlier run got as far as creating objects; a plan that fails now removes
+        them rather than saying nothing was created."""
         spec = SnapshotGroupRestoreSpec.model_validate(raw_spec)
         started = time.monotonic()
         try:
             plan = await self.plan(ref, spec)
-        except PlanError as exc:
-            await self._report_plan_failure(ref, exc.reason, f"{exc.field_path}: {exc.message}")
-            return
-        except StepError as exc:  # reading the world failed (past the client's retries)
-            await self._report_plan_failure(ref, exc.reason, exc.message)
-            return
-        except Exception as exc:  # a bug: say so on the object, never leave it Pending
-            log.exception("planning restore %s/%s failed", ref.namespace, ref.name)
-            await self._report_plan_failure(ref, "InternalError", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            reason, problem = _plan_problem(exc, ref)
+            if resumed:
+                await self._fail(ref, spec.target_namespace, reason, problem, started)
+            else:
+                await self._report_plan_failure(ref, reason, problem)
             return
         await self._write(ref, {
             "phase": RestorePhase.RESTORING, "startTime": _now(), "message": "creating the clone",
@@ -304,6 +306,16 @@ def _left(deadline: float) -> float:
     """Seconds a wait may take: until shortly before the run's own deadline."""
     remaining = max(0.0, deadline - time.monotonic())
     return remaining - min(1.0, remaining / 10)
+
+
+def _plan_problem(exc: Exception, ref: RestoreRef) -> tuple[str, str]:
+    """Reason and sentence for a plan that failed: a refusal, a failed read, or a bug."""
+    if isinstance(exc, PlanError):
+        return exc.reason, f"{exc.field_path}: {exc.message}"
+    if isinstance(exc, StepError):  # reading the world failed (past the client's retries)
+        return exc.reason, exc.message
+    log.error("planning restore %s/%s failed", ref.namespace, ref.name, exc_info=exc)
+    return "InternalError", f"{type(exc).__name__}: {exc}"
 
 
 def _ours(obj: JSON, ref: RestoreRef) -> bool:
