@@ -75,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         cluster.up(apply_bleater=True, wait_for_other_cluster=args.wait_for_cluster)
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/snapshotgroups.snapgroup.dev")
+        cluster.apply_crds(REPO / "crds")
         results["machine"] = report.describe_machine(cluster)
         operator = OperatorProcess(cluster.kubeconfig, cluster.logs_dir / "operator.log",
                                    extra_args=("--log-level", OPERATOR_LOG_LEVEL))

@@ -56,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if own:
             cluster.up(apply_bleater=True, wait_for_other_cluster=600)
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/snapshotgroups.snapgroup.dev")
+        cluster.apply_crds(REPO / "crds")
         kube = Kube(Path(cluster.kubeconfig))
         bleater = Bleater(kube)
         lease = f"snapgroup-chaos-{seed}"

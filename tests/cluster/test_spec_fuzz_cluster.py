@@ -44,9 +44,7 @@ FIELD = re.compile(r"\bspec(\.|\[|:)")
 
 @pytest.fixture(scope="module")
 def api(local_cluster: Any) -> Iterator[client.ApiClient]:
-    local_cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    local_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                          "crd/snapshotgroups.snapgroup.dev", "crd/scheduledsnapshotgroups.snapgroup.dev")
+    local_cluster.apply_crds(REPO / "crds")
     api_client = load_api_client(str(local_cluster.kubeconfig))
     yield api_client
     api_client.close()

@@ -19,9 +19,7 @@ from e2e.operator_process import REPO, OperatorProcess
 @pytest.fixture(scope="session")
 def crds(local_cluster: Any) -> None:
     """The snapgroup CRDs, applied server-side and established."""
-    local_cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-    local_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-            "crd/snapshotgroups.snapgroup.dev", "crd/snapshotgrouprestores.snapgroup.dev")
+    local_cluster.apply_crds(REPO / "crds")
 
 
 @pytest.fixture(scope="session")

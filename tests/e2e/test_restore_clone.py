@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from e2e.bleater import NAMESPACE, SERVICES, Bleater, contiguous, utc
 from e2e.kube import Kube
 from e2e.operator_process import OperatorProcess
 from e2e.test_bleater_group import sample
+from snapgroup.api.labels import PG_BACKUP_LABEL, PG_BACKUP_WAL
 from snapgroup.api.restore import PLURAL, RESTORE_TARGET_LABEL, RESTORE_UID_LABEL
 
 pytestmark = pytest.mark.cluster
@@ -65,8 +67,24 @@ def wait_records(bleater: Bleater, service: str, timeout: float = 60.0) -> list[
             time.sleep(1)
 
 
+def pods_of(kube: Kube, namespace: str) -> list[tuple[str, str, list[Any]]]:
+    """Each pod's name, phase and init container states, for a failure's message."""
+    return [(p.metadata.name, p.status.phase,
+             [(c.name, c.state.to_dict()) for c in p.status.init_container_statuses or []])
+            for p in kube.core.list_namespaced_pod(namespace).items]
+
+
+def restored_server_log(local_cluster: Any, kube: Kube, namespace: str) -> str:
+    """The log the node emulator keeps of the clone's PostgreSQL container."""
+    (pod,) = [p for p in kube.core.list_namespaced_pod(namespace, label_selector="app=postgres").items
+              if p.status.phase == "Running"]
+    path = Path(local_cluster.state_dir) / "node" / "logs" / f"{namespace}_{pod.metadata.name}_postgres.log"
+    return path.read_text(errors="replace")
+
+
 def test_clone_serves_exactly_the_records_of_the_cut(
-    operator: OperatorProcess, kube: Kube, bleater: Bleater, group_name: str, target: str
+    operator: OperatorProcess, kube: Kube, bleater: Bleater, group_name: str, target: str,
+    local_cluster: Any,
 ) -> None:
     kube.create_group(sample(group_name))
     group = kube.wait_group(NAMESPACE, group_name)
@@ -74,6 +92,15 @@ def test_clone_serves_exactly_the_records_of_the_cut(
     assert group["status"]["consistent"] is True
     cut = utc(group["status"]["earliestSnapshotTime"])
     recorded = {s["name"]: utc(s["lastRecordTime"]) for s in group["status"]["services"]}
+    # The backup's label and WAL are kept with the PostgreSQL snapshot.
+    postgres = next(s for s in group["status"]["services"] if s["type"] == "postgresql")
+    start_lsn = postgres["evidence"]["backupStartLSN"]
+    (pg_snapshot,) = postgres["volumeSnapshots"]
+    kept = kube.custom.get_namespaced_custom_object(
+        "snapshot.storage.k8s.io", "v1", NAMESPACE, "volumesnapshots", pg_snapshot["name"])
+    annotations = kept["metadata"].get("annotations") or {}
+    assert f"START WAL LOCATION: {start_lsn} " in annotations.get(PG_BACKUP_LABEL, ""), postgres["evidence"]
+    assert PG_BACKUP_WAL in annotations, postgres["evidence"]
     # The writer goes on after the group: the source now holds records the clone must not.
     after = max(r.seq for r in bleater.records("postgres"))
     bleater.wait_new_records(after)
@@ -81,11 +108,13 @@ def test_clone_serves_exactly_the_records_of_the_cut(
     create_restore(kube, restore(f"{group_name}-clone", group_name, target))
     done = wait_restore(kube, f"{group_name}-clone")
     status = done["status"]
-    assert status["phase"] == "Succeeded", (status, operator.tail())
+    assert status["phase"] == "Succeeded", (status.get("message"), pods_of(kube, target), operator.tail())
     assert {c["type"]: c["status"] for c in status["conditions"]} == {"Planned": "True", "Restored": "True"}
     assert all(w["ready"] for w in status["workloads"]), status["workloads"]
     assert {w["name"] for w in status["workloads"]} == {"postgres", "mongodb", "minio"}
     assert {v["pvc"] for v in status["volumes"]} == {"postgres-data", "mongodb-data", "minio-data"}
+    recovery = {w["name"]: w.get("backupRecovery") for w in status["workloads"]}
+    assert recovery["postgres"].startswith("backup recovery"), recovery
 
     clone = Bleater(kube, target)
     for service in SERVICES:
@@ -99,6 +128,10 @@ def test_clone_serves_exactly_the_records_of_the_cut(
         newest = max(r.at for r in records)
         assert newest <= cut, (service, newest, cut)
         assert newest == recorded[OWN_SERVICE[service]], (service, newest, recorded)
+    # The restored server ran backup recovery from the backup's start, not crash recovery.
+    log = restored_server_log(local_cluster, kube, target)
+    assert f"starting backup recovery with redo LSN {start_lsn}," in log, log[-2000:]
+    assert "completed backup recovery" in log, log[-2000:]
     source_top = max(r.seq for r in bleater.records("postgres"))
     assert source_top > seqs["postgres"][-1], "the source wrote on; the clone holds only the cut"
 

@@ -802,10 +802,27 @@ class LocalCluster:
 
     # --- cluster resources -------------------------------------------------------------------
 
+    def apply_crds(self, path: Path, timeout: float = 60.0) -> None:
+        """Apply the CRDs in path (server-side) and wait until every one is Established.
+
+        `kubectl wait` fails at once, rather than waiting, on a CRD whose status has no
+        conditions yet (just created); such a failure is retried until the deadline.
+        """
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(1, int(deadline - time.monotonic()))
+            waited = self.kubectl("wait", "--for=condition=Established", f"--timeout={left}s",
+                                  "-f", str(path), check=False)
+            if waited.returncode == 0:
+                return
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"CRDs in {path} not Established within {timeout:g}s: "
+                                   f"{waited.stderr.strip()}")
+            time.sleep(0.2)
+
     def _install_cluster_resources(self, bin_dir: Path) -> None:
-        crds = bin_dir / SNAPSHOT_CRDS_DIR
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
+        self.apply_crds(bin_dir / SNAPSHOT_CRDS_DIR)
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=_STORAGE_YAML)
 
     # --- state -------------------------------------------------------------------------------

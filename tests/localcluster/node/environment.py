@@ -147,6 +147,13 @@ def decode_secret_data(secret: JSON) -> dict[str, str]:
     return data
 
 
+def secret_files(secret: JSON) -> dict[str, bytes]:
+    """A Secret's keys as the bytes a secret volume's files hold (binary data stays binary)."""
+    files = {key: base64.b64decode(value) for key, value in (secret.get("data") or {}).items()}
+    files.update({key: value.encode() for key, value in (secret.get("stringData") or {}).items()})
+    return files
+
+
 def config_map_data(config_map: JSON) -> dict[str, str]:
     """A ConfigMap's text data (binaryData is decoded as text too)."""
     data = {

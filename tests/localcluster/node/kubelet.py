@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 
-EMULATED_IMAGES = "postgres:15, mongo:7, minio/minio, snapgroup.dev/bleater-data-writer"
+EMULATED_IMAGES = "postgres:15, mongo:7, minio/minio, snapgroup.dev/bleater-data-writer, snapgroup"
 EVENT_SOURCE = "node-emulator"
 READINESS_PERIOD_SECONDS = 0.5
 BACKOFF_INITIAL_SECONDS = 1.0

@@ -8,6 +8,8 @@ An image is "run" by starting local processes on the pod's volume directories:
 - `minio/minio*`: a stand-in, not MinIO: the project's `s3server` (gofakes3, filesystem
   backend) with the MinIO root credentials.
 - `snapgroup.dev/bleater-data-writer*`: `python -m localcluster.datawriter`.
+- `snapgroup:*` (the operator's own image, e.g. a restored server's init step): the installed
+  `snapgroup` command with the container's args, its mount paths mapped to their directories.
 
 Any other image is not emulated; the pod stays Pending.
 """
@@ -455,12 +457,52 @@ class DataWriterRuntime:
         return True
 
 
+class OperatorImageRuntime:
+    """The operator's image: its ENTRYPOINT `snapgroup` with the container's args.
+
+    A container sees its volumes at their mountPaths; here they are directories elsewhere, so an
+    argument naming a mount path (or a path below one) is given the directory it maps to.
+    """
+
+    description = "snapgroup (the installed operator command)"
+
+    async def prepare(self, ctx: ContainerContext) -> None:
+        """Nothing to set up."""
+
+    def processes(self, ctx: ContainerContext) -> list[ProcessSpec]:
+        """One run of the command."""
+        command = list(ctx.container.get("command") or [])
+        if command not in ([], ["snapgroup"]):
+            raise ContainerStartError(f"the snapgroup image runs only `snapgroup`, not {command}")
+        args = [_mapped(str(a), ctx.mounts) for a in ctx.container.get("args") or []]
+        argv = [sys.executable, "-m", "snapgroup.cli", *args]
+        return [ProcessSpec(argv, {**ctx.base_env(), **ctx.env}, ctx.pod_dir)]
+
+    def probe_ports(self, ctx: ContainerContext) -> list[int]:
+        """None."""
+        return []
+
+    async def ready(self, ctx: ContainerContext) -> bool:
+        """Running is ready."""
+        return True
+
+
+def _mapped(arg: str, mounts: dict[str, Path]) -> str:
+    """A container path as this machine's path, when it lies on one of the mounts."""
+    for mount_path in sorted(mounts, key=len, reverse=True):
+        base = mount_path.rstrip("/")
+        if arg == base or arg.startswith(base + "/"):
+            return str(mounts[mount_path]) + arg[len(base):]
+    return arg
+
+
 # (pattern on the normalised image reference, runtime); first match wins.
 IMAGE_TABLE: list[tuple[re.Pattern[str], Runtime]] = [
     (re.compile(r"^postgres:15([.\-@].*)?$"), PostgresRuntime()),
     (re.compile(r"^mongo:7([.\-@].*)?$"), MongoStandInRuntime()),
     (re.compile(r"^(quay\.io/)?minio/minio([:@].*)?$"), S3StandInRuntime()),
     (re.compile(r"^snapgroup\.dev/bleater-data-writer([:@].*)?$"), DataWriterRuntime()),
+    (re.compile(r"^([^/]+/)*snapgroup([:@].*)?$"), OperatorImageRuntime()),
 ]
 
 

@@ -13,8 +13,10 @@ from localcluster.node.runtimes import (
     ContainerStartError,
     DataWriterRuntime,
     MongoStandInRuntime,
+    OperatorImageRuntime,
     PostgresRuntime,
     S3StandInRuntime,
+    runtime_for,
 )
 
 
@@ -87,6 +89,32 @@ def test_data_writer_runs_the_project_module_with_the_container_env(tmp_path: Pa
     assert writer.argv[1:] == ["-m", "localcluster.datawriter"]
     assert writer.env["PGHOST"] == "127.96.0.10"
     assert writer.env["HOSTNAME"] == "p"
+
+
+@pytest.mark.parametrize("image", ["snapgroup:0.1.0", "registry.example/team/snapgroup:1", "snapgroup"])
+def test_the_operator_image_is_emulated(image: str) -> None:
+    assert isinstance(runtime_for(image), OperatorImageRuntime)
+
+
+def test_the_operator_image_runs_snapgroup_with_its_args_on_the_mounted_directories(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, {"X": "1"})
+    ctx.container = {"name": "snapgroup-prepare", "image": "snapgroup:0.1.0",
+                     "args": ["prepare-pgdata", "--pgdata", "/var/lib/postgresql/data/pgdata",
+                              "--from", "/snapgroup/restore", "--other", "/elsewhere"]}
+    ctx.mounts = {"/var/lib/postgresql/data": tmp_path / "claim", "/snapgroup/restore": tmp_path / "secret",
+                  "/var/lib/postgresql": tmp_path / "outer"}
+    (step,) = OperatorImageRuntime().processes(ctx)
+    assert step.argv[1:] == ["-m", "snapgroup.cli", "prepare-pgdata",
+                             "--pgdata", f"{tmp_path}/claim/pgdata", "--from", f"{tmp_path}/secret",
+                             "--other", "/elsewhere"]
+    assert step.env["X"] == "1"
+
+
+def test_the_operator_image_runs_nothing_but_snapgroup(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, {})
+    ctx.container = {"name": "c", "image": "snapgroup:0.1.0", "command": ["sh", "-c", "id"]}
+    with pytest.raises(ContainerStartError, match="runs only `snapgroup`"):
+        OperatorImageRuntime().processes(ctx)
 
 
 def test_postgres_listens_on_the_pod_ip_and_stops_fast(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ from .environment import (
     ContainerConfigError,
     PodAddresses,
     config_map_data,
-    decode_secret_data,
     field_value,
+    secret_files,
 )
 from .informer import CacheChanges, Informer
 from .kubeapi import ApiError, KubeClient, object_path
@@ -133,13 +133,13 @@ class VolumeResolver:
             )
         return directory
 
-    async def _secret(self, namespace: str, name: str, optional: bool | None) -> dict[str, str]:
+    async def _secret(self, namespace: str, name: str, optional: bool | None) -> dict[str, bytes]:
         secret = await read_optional(self._client, object_path(namespace, "secrets", name))
         if secret is None:
             if optional:
                 return {}
             raise VolumeNotReady(f'secret "{name}" not found')
-        return decode_secret_data(secret)
+        return secret_files(secret)
 
     async def _config_map(self, namespace: str, name: str, optional: bool | None) -> dict[str, str]:
         config_map = await read_optional(self._client, object_path(namespace, "configmaps", name))
@@ -164,7 +164,7 @@ def _make_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _write_items(directory: Path, data: Mapping[str, str], items: list[JSON] | None) -> None:
+def _write_items(directory: Path, data: Mapping[str, str | bytes], items: list[JSON] | None) -> None:
     chosen = (
         [(item["key"], item["path"]) for item in items if item["key"] in data]
         if items
@@ -173,7 +173,8 @@ def _write_items(directory: Path, data: Mapping[str, str], items: list[JSON] | N
     for key, relative in chosen:
         target = directory / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(data[key])
+        value = data[key]
+        target.write_bytes(value if isinstance(value, bytes) else value.encode())
         os.chmod(target, 0o644)
 
 
