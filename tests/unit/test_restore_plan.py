@@ -49,6 +49,7 @@ from unit.restore_world import (
     content,
     content_name,
     put,
+    secret,
     secret_env,
     service,
     snapshot,
@@ -568,3 +569,22 @@ def test_names_too_long_for_the_api_are_cut_with_a_hash_and_stay_distinct(limit:
     assert len(cut) <= limit and cut[-1].isalnum() and cut[0] == "s"
     assert cut != shortened(long + "y", limit)
     assert shortened("postgres-data", limit) == "postgres-data"
+
+
+def test_secrets_named_by_volume_types_are_copied_too() -> None:
+    objects = bleater()
+    put(objects, secret("csi-publish", {"token": "t"}))
+    pod = objects[("Deployment", SOURCE, "minio")]["spec"]["template"]["spec"]
+    pod["volumes"].append({"name": "vault", "csi": {"driver": "secrets.example", "nodePublishSecretRef":
+                                                     {"name": "csi-publish"}}})
+    assert "csi-publish" in names(plan(objects).secrets)
+
+
+def test_copied_pods_get_no_token_of_the_targets_default_service_account_unless_they_asked() -> None:
+    objects = bleater()
+    minio = objects[("Deployment", SOURCE, "minio")]["spec"]["template"]["spec"]
+    minio["automountServiceAccountToken"] = True
+    built = plan(objects)
+    tokens = {w["metadata"]["name"]: w["spec"]["template"]["spec"]["automountServiceAccountToken"]
+              for w in built.workloads}
+    assert tokens == {"minio": True, "mongodb": False, "postgres": False}

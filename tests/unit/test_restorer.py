@@ -378,3 +378,21 @@ async def test_start_runs_a_restore_once_and_never_a_finished_one() -> None:
     assert fake.calls.count(("get", "SnapshotGroup", SOURCE, GROUP)) == 1  # one run planned
     await restorer.close()
     assert restore_tasks() == []
+
+
+async def test_an_optional_reference_the_target_could_answer_is_refused_before_anything_is_created() -> None:
+    objects = bleater(PG_ANNOTATIONS)
+    minio = objects[("Deployment", SOURCE, "minio")]["spec"]["template"]["spec"]["containers"][0]
+    minio["env"].append({"name": "KMS_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "kms-key", "key": "key", "optional": True}}})
+    fake = cluster(objects)
+    # The source has no kms-key; the target does: a clone would hand it to the copied workload.
+    put(fake.objects, secret("kms-key", {"key": "the target's own"}), TARGET)
+    before = others(fake)
+    status = await run(fake)
+    assert status["phase"] == "Failed"
+    planned = condition(status, "Planned")
+    assert (planned["status"], planned["reason"]) == ("False", "TargetObjectExists")
+    assert "Secret kms-key exists in bleater-clone but not in bleater" in status["message"]
+    assert fake.labelled(RESTORE_UID) == [] and fake.created == []
+    assert others(fake) == before

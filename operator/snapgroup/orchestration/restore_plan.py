@@ -36,6 +36,12 @@ _DROPPED_ANNOTATIONS = (
 )
 _DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 _NAME_LIMIT = 253
+_VOLUME_SECRET_REFS = (
+    ("csi", "nodePublishSecretRef"), ("cephfs", "secretRef"), ("rbd", "secretRef"),
+    ("iscsi", "secretRef"), ("flexVolume", "secretRef"), ("azureFile", "secretName"),
+    ("scaleIO", "secretRef"), ("storageos", "secretRef"),
+)
+"""Volume types that name a Secret of the pod's namespace: copied like any other reference."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,9 @@ class RestorePlan:
     """Workload key (``Kind/name``) -> how its server starts (the preparation's summary)."""
     notes: list[str]
     earliest_cut: str | None = None
+    absent: list[tuple[str, str]] = field(default_factory=list)
+    """(kind, name) an optional reference names and the source lacks: the target must lack it
+    too, or the clone would read the target's object."""
 
     def created(self) -> list[tuple[str, str]]:
         """(kind, name) of everything created in the target namespace, in creation order."""
@@ -417,6 +426,13 @@ def _references(pod: JSON) -> _References:
     for volume in pod.get("volumes") or []:
         if volume.get("secret"):
             refs.add("Secret", volume["secret"], "secretName")
+        for driver, key in _VOLUME_SECRET_REFS:
+            source = volume.get(driver) or {}
+            ref = source.get(key)
+            if isinstance(ref, Mapping):
+                refs.add("Secret", ref)
+            elif isinstance(ref, str):
+                refs.add("Secret", {"name": ref})
         if volume.get("configMap"):
             refs.add("ConfigMap", volume["configMap"])
         for source in (volume.get("projected") or {}).get("sources") or []:
@@ -453,6 +469,9 @@ def build(
     secret_bodies = [_copied("Secret", name, secrets.get(name), labels, ("type", "data"))
                      for name in selection.secrets
                      if secrets.get(name) is not None or name not in selection.optional]
+    absent = [("Secret", n) for n in selection.secrets if secrets.get(n) is None and n in selection.optional]
+    absent += [("ConfigMap", n) for n in selection.config_maps
+               if config_maps.get(n) is None and n in selection.optional]
     map_bodies = [_copied("ConfigMap", name, config_maps.get(name), labels, ("data", "binaryData"))
                   for name in selection.config_maps
                   if config_maps.get(name) is not None or name not in selection.optional]
@@ -476,7 +495,7 @@ def build(
                                         "pod template, and each holds a different backup")
         workloads.append(body)
     return RestorePlan(selection.volumes, services, secret_bodies, map_bodies, workloads,
-                       preparations, notes, selection.earliest_cut)
+                       preparations, notes, selection.earliest_cut, absent)
 
 
 def _copied(kind: str, name: str, source: JSON | None, labels: dict[str, str],
@@ -522,6 +541,10 @@ def _workload(source: JSON, labels: dict[str, str]) -> tuple[JSON, str | None]:
     account = pod.pop("serviceAccountName", None) or pod.pop("serviceAccount", None)
     pod.pop("serviceAccount", None)
     pod.pop("nodeName", None)
+    # The target's default ServiceAccount is no identity the workload had: no token of it
+    # unless the source asked for one in so many words.
+    if pod.get("automountServiceAccountToken") is not True:
+        pod["automountServiceAccountToken"] = False
     if account and account != "default":
         note = (f"{_key(source)} runs as the target namespace's default ServiceAccount, not "
                 f"{account}: a restore copies no identities or permissions")

@@ -182,6 +182,12 @@ class Restorer:
                 raise PlanError("TargetObjectExists", "spec.targetNamespace",
                                 f"{kind} {name} already exists in {target} and is not this restore's; "
                                 "a clone never overwrites anything")
+        found = await asyncio.gather(*(self.objects.get(kind, target, name) for kind, name in plan.absent))
+        for (kind, name), obj in zip(plan.absent, found, strict=True):
+            if obj is not None:
+                raise PlanError("TargetObjectExists", "spec.targetNamespace",
+                                f"{kind} {name} exists in {target} but not in {ref.namespace}: a copied "
+                                "workload's optional reference would read the target's object")
 
     async def _apply(
         self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec, plan: RestorePlan, deadline: float
