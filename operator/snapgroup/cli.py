@@ -28,6 +28,7 @@ from snapgroup.adapters.pgdata import PreparationError, prepare_pgdata
 from snapgroup.api import API_VERSION
 from snapgroup.api.base import parse_duration
 from snapgroup.api.crd import check_crds, write_crds
+from snapgroup.api.labels import shortened
 from snapgroup.api.restore import KIND as RESTORE_KIND
 from snapgroup.api.restore import RESTORE_TARGET_LABEL, SnapshotGroupRestoreSpec
 from snapgroup.api.snapshotgroup import KIND, SnapshotGroupSpec, SnapshotGroupStatus
@@ -36,7 +37,7 @@ from snapgroup.orchestration.groups import MAX_WINDOWS, RETRY_DELAY
 from snapgroup.orchestration.plan import Plan, make_plan
 from snapgroup.orchestration.restore_plan import RestorePlan, RestoreRef
 from snapgroup.orchestration.verification import verify
-from snapgroup.ports import PlanError
+from snapgroup.ports import PlanError, StepError
 from snapgroup.runtime import Runtime
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -414,12 +415,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 async def _restore(runtime: Runtime, args: argparse.Namespace, spec: SnapshotGroupRestoreSpec) -> int:
-    name = args.name or f"{args.group}-to-{args.to_namespace}"[:253]
+    name = args.name or shortened(f"{args.group}-to-{args.to_namespace}", 253)
     try:
         plan = await runtime.restorer.plan(RestoreRef(args.namespace, name, "dry-run"), spec)
     except PlanError as exc:
         print(f"{RESTORE_KIND} {args.namespace}/{name}: {exc.reason}: {exc.field_path}: {exc.message}",
               file=sys.stderr)
+        return EXIT_FAILED
+    except StepError as exc:  # the plan reads with the caller's own credentials
+        print(f"{RESTORE_KIND} {args.namespace}/{name}: the plan could not read what it needs "
+              f"({exc.reason}): {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     print(render_restore_plan(f"{args.namespace}/{name}", spec, plan))
     if args.dry_run:

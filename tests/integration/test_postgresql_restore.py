@@ -85,9 +85,18 @@ class _Restored:
                                     "-w", "stop"]), capture_output=True, check=False)
 
     def rows(self, table: str) -> list[int]:
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", password=self.password,
-                             dbname="postgres") as conn:
+        with self._connect() as conn:
             return [r[0] for r in conn.execute(f"SELECT seq FROM {table} ORDER BY seq").fetchall()]
+
+    def setting(self, name: str) -> str:
+        with self._connect() as conn:
+            row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+            assert row is not None
+            return str(row[0])
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", password=self.password,
+                               dbname="postgres")
 
 
 async def test_a_copy_taken_inside_the_backup_restores_by_backup_recovery_at_its_start_lsn(
@@ -119,6 +128,9 @@ async def test_a_copy_taken_inside_the_backup_restores_by_backup_recovery_at_its
     assert isinstance(preparation, Preparation), preparation
 
     (copy / "postmaster.pid").unlink(missing_ok=True)  # the copied server's, stale here
+    # As if the source archived its WAL: the restored server must not archive into that archive.
+    with (copy / "postgresql.conf").open("a") as conf:
+        conf.write("archive_mode = on\narchive_command = 'cp %p /nonexistent/%f'\n")
     prepared = _prepare(copy, preparation, workdir / "restore")
     assert prepared.returncode == 0, prepared.stderr
     assert (copy / "backup_label").read_text() == kept[PG_BACKUP_LABEL]
@@ -132,6 +144,7 @@ async def test_a_copy_taken_inside_the_backup_restores_by_backup_recovery_at_its
         assert f"starting backup recovery with redo LSN {record['startLsn']}," in log
         assert "completed backup recovery with redo LSN" in log
         assert restored.rows(table) == list(range(1, 201))
+        assert restored.setting("archive_mode") == "off"  # never into the source's archive
     finally:
         restored.stop()
 

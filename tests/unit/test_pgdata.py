@@ -10,6 +10,7 @@ import pytest
 from snapgroup.adapters.pgdata import (
     MARKER,
     MAX_WAL,
+    NO_ARCHIVING,
     PreparationError,
     lsn_number,
     prepare_pgdata,
@@ -68,6 +69,8 @@ def test_the_wal_is_laid_at_its_offsets_across_a_segment_boundary_over_what_the_
     assert (data / "backup_label").read_text() == LABEL
     assert (data / "tablespace_map").read_text() == "16384 /ts\n"
     assert "2 segment(s)" in message
+    # The restored server would archive into its source's archive: off, after what was there.
+    assert (data / "postgresql.auto.conf").read_text() == NO_ARCHIVING
 
 
 def test_a_second_start_finds_the_marker_and_writes_nothing(tmp_path: Path) -> None:
@@ -79,13 +82,16 @@ def test_a_second_start_finds_the_marker_and_writes_nothing(tmp_path: Path) -> N
 
     assert "nothing to do" in prepare_pgdata(data, src)
     assert not (data / "backup_label").exists()
+    assert (data / "postgresql.auto.conf").read_text().count("archive_mode = 'off'") == 1
 
 
 def test_a_directory_prepared_from_another_backup_takes_the_new_one(tmp_path: Path) -> None:
     # A clone's PGDATA carries the marker of its own restore; a clone of it brings a new backup.
     data = pgdata(tmp_path)
     (data / MARKER).write_text("START WAL LOCATION: 0/5000028\n")
+    (data / "postgresql.auto.conf").write_text("work_mem = '8MB'\n" + NO_ARCHIVING)
     prepare_pgdata(data, source(tmp_path, "0/10", b"W"))
+    assert (data / "postgresql.auto.conf").read_text() == "work_mem = '8MB'\n" + NO_ARCHIVING
     assert (data / "backup_label").read_text() == LABEL
     assert (data / MARKER).read_text() == LABEL
 

@@ -43,6 +43,13 @@ def wal_file_name(timeline: int, segment_number: int, segment_size: int) -> str:
     return f"{timeline:08X}{segment_number // per_id:08X}{segment_number % per_id:08X}"
 
 
+AUTO_CONF = "postgresql.auto.conf"
+NO_ARCHIVING = (
+    "# snapgroup restore: a restored server never archives into its source's WAL archive;\n"
+    "# ALTER SYSTEM RESET archive_mode (and a restart) archives again, once it has its own.\n"
+    "archive_mode = 'off'\n"
+)
+
 MAX_WAL = 64 * 1024 * 1024
 """Bytes of kept WAL accepted at most, unpacked (what the operator keeps is far less)."""
 
@@ -67,9 +74,20 @@ def prepare_pgdata(pgdata: Path, source: Path) -> str:
     _write(pgdata / BACKUP_LABEL, label, (owner.st_uid, owner.st_gid))
     if (source / TABLESPACE_MAP).is_file() and (source / TABLESPACE_MAP).read_text():
         _write(pgdata / TABLESPACE_MAP, (source / TABLESPACE_MAP).read_text(), (owner.st_uid, owner.st_gid))
+    _no_archiving(pgdata / AUTO_CONF, (owner.st_uid, owner.st_gid))
     _write(marker, label, (owner.st_uid, owner.st_gid))
     return (f"wrote {BACKUP_LABEL} and {len(wal)} bytes of WAL from {start.start} into "
-            f"{len(segments)} segment(s): the server starts backup recovery")
+            f"{len(segments)} segment(s): the server starts backup recovery, with archiving off")
+
+
+def _no_archiving(auto_conf: Path, owner: tuple[int, int]) -> None:
+    """Turn WAL archiving off in the restored server's postgresql.auto.conf (read last, so it
+    wins over postgresql.conf): the restored server is on its source's timeline, and archiving
+    would write WAL files of the same names into the source's archive."""
+    text = auto_conf.read_text() if auto_conf.is_file() else ""
+    if NO_ARCHIVING in text:
+        return
+    _write(auto_conf, text + ("" if not text or text.endswith("\n") else "\n") + NO_ARCHIVING, owner)
 
 
 def _checked(start: WalStart) -> WalStart:
