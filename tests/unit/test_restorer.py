@@ -287,14 +287,19 @@ async def test_a_create_failing_beside_another_in_flight_leaves_nothing_behind()
 # -- crashes, deletion, shutdown ----------------------------------------------------------------
 
 
-async def test_a_rerun_whose_plan_now_fails_removes_what_the_first_run_created() -> None:
-    fake = cluster()
-    before = others(fake)
+async def interrupted_run(fake: FakeObjects) -> None:
+    """A run that created everything and waits for PostgreSQL when the operator stops: the run
+    is cancelled, what it created stays."""
     fake.never_ready.add(("Deployment", "postgres"))
     first = Restorer(fake, IMAGE)
     first.start(REF, restore_spec(), {})
     await fake.until(lambda: ("Deployment", TARGET, "postgres") in fake.waiting)
     await first.close()
+
+
+async def test_a_rerun_whose_plan_now_fails_removes_what_the_first_run_created() -> None:
+    fake = cluster()
+    await interrupted_run(fake)
     assert len(fake.labelled(RESTORE_UID)) > COPIES
     # While the operator was down the namespace's owner withdrew consent.
     del fake.objects[("Namespace", "", TARGET)]["metadata"]["labels"][RESTORE_TARGET_LABEL]
@@ -314,11 +319,7 @@ async def test_a_rerun_whose_plan_now_fails_removes_what_the_first_run_created()
 async def test_a_rerun_after_a_crash_goes_on_with_what_the_first_run_created() -> None:
     fake = cluster()
     before = others(fake)
-    fake.never_ready.add(("Deployment", "postgres"))
-    first = Restorer(fake, IMAGE)
-    first.start(REF, restore_spec(), {})
-    await fake.until(lambda: ("Deployment", TARGET, "postgres") in fake.waiting)
-    await first.close()  # the operator stops: its run is cancelled, what it created stays
+    await interrupted_run(fake)
     assert restore_tasks() == []
     assert fake.objects[RESTORE_KEY]["status"]["phase"] == "Restoring"
     left = fake.labelled(RESTORE_UID)
