@@ -164,9 +164,10 @@ async def restore_seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime.restorer.start(_restore_ref(body), dict(body.get("spec", {})), dict(body.get("status", {})))
 
 
-@kopf.on.event(GROUP, VERSION, RESTORE_PLURAL)
-async def restore_event(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """A restore deleted while it runs: stop it and remove what it created."""
-    if event["type"] == "DELETED":
-        runtime: Runtime = memo["runtime"]
-        await runtime.restorer.stop(_restore_ref(body), str(body.get("spec", {}).get("targetNamespace", "")))
+@kopf.on.delete(GROUP, VERSION, RESTORE_PLURAL)
+async def restore_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A restore deleted (its finalizer holds it until this ran, even if no operator ran when it
+    was deleted): stop it and, unless it Succeeded, remove what it created."""
+    runtime: Runtime = memo["runtime"]
+    await runtime.restorer.stop(_restore_ref(body), str(body.get("spec", {}).get("targetNamespace", "")),
+                                (body.get("status") or {}).get("phase"))

@@ -365,6 +365,18 @@ async def test_deleting_a_running_restore_stops_it_and_removes_what_it_created()
     assert others(fake) == before
 
 
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+async def test_deleting_a_finished_restore_keeps_a_clone_and_removes_what_a_failure_left(phase: str) -> None:
+    # Objects of the restore in the target: the clone it made, or what a failed clean-up (or an
+    # operator down when it was deleted) left behind.
+    fake = cluster()
+    assert (await run(fake))["phase"] == "Succeeded"
+    made = fake.labelled(RESTORE_UID)
+    fake.objects[RESTORE_KEY]["status"]["phase"] = phase
+    await Restorer(fake, IMAGE).stop(REF, TARGET, "Restoring")  # the object's own phase counts
+    assert fake.labelled(RESTORE_UID) == (made if phase == "Succeeded" else [])
+
+
 async def test_start_runs_a_restore_once_and_never_a_finished_one() -> None:
     fake = cluster()
     restorer = Restorer(fake, IMAGE)

@@ -70,12 +70,20 @@ class Restorer:
         self._tasks[ref.uid] = task
         task.add_done_callback(lambda _: self._tasks.pop(ref.uid, None))
 
-    async def stop(self, ref: RestoreRef, target: str) -> None:
-        """The restore object is gone: stop its run and remove what it created in target."""
+    async def stop(self, ref: RestoreRef, target: str, phase: str | None = None) -> None:
+        """The restore is being deleted: stop its run and, unless it Succeeded (a finished clone
+        is its owner's), remove what it created; phase is the one the deleted object showed.
+
+        Also for a restore deleted while no operator ran, or whose own clean-up failed: its
+        finalizer keeps it until this has run."""
         task = self._tasks.pop(ref.uid, None)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        current = await self.objects.get(KIND, ref.namespace, ref.name)
+        if current is not None:
+            phase = (current.get("status") or {}).get("phase")
+        if phase != RestorePhase.SUCCEEDED:
             await self._clean_up(ref, target)
 
     async def close(self) -> None:
