@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -83,6 +84,22 @@ class LabelSelector(ApiModel):
     """Labels an object must carry, all of them."""
     match_expressions: list[LabelSelectorRequirement] | None = None
     """Set-based requirements, all of which must hold."""
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        """Whether an object's labels satisfy the selector (an empty one matches nothing)."""
+        if not self.match_labels and not self.match_expressions:
+            return False
+        if any(labels.get(k) != v for k, v in (self.match_labels or {}).items()):
+            return False
+        for req in self.match_expressions or []:
+            present = req.key in labels
+            values = req.values or []
+            if ((req.operator == "In" and labels.get(req.key) not in values)
+                    or (req.operator == "NotIn" and present and labels[req.key] in values)
+                    or (req.operator == "Exists" and not present)
+                    or (req.operator == "DoesNotExist" and present)):
+                return False
+        return True
 
     def as_query(self) -> str:
         """Render the selector in the ``labelSelector`` query syntax of the API server."""

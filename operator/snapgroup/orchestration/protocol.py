@@ -402,9 +402,12 @@ class GroupRun:
         (and says so), never the group failed."""
         ctx = self.ctx
         for svc in self.journal.status.services:
-            for snap in svc.volume_snapshots if svc.name in self._kept else []:
+            kept = self._kept.get(svc.name)
+            if not kept:
+                continue
+            for snap in svc.volume_snapshots:
                 try:
-                    await ctx.cluster.annotate_snapshot(ctx.namespace, snap.name, self._kept[svc.name])
+                    await ctx.cluster.annotate_snapshot(ctx.namespace, snap.name, kept)
                 except StepError as exc:
                     text = f"{snap.name}: what a restore of {svc.name} needs was not kept: {exc.message}"
                     self.journal.event("Warning", "BackupNotKept", text)

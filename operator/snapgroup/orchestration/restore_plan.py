@@ -364,26 +364,9 @@ def _is_writer(workload: JSON, spec: SnapshotGroupSpec) -> bool:
             continue
         if writer.name is not None and writer.name == workload["metadata"]["name"]:
             return True
-        if writer.selector is not None and _matches(writer.selector.match_labels or {},
-                                                    writer.selector.match_expressions or [], labels):
+        if writer.selector is not None and writer.selector.matches(labels):
             return True
     return False
-
-
-def _matches(match_labels: Mapping[str, str], expressions: Iterable[Any], labels: Mapping[str, str]) -> bool:
-    if not match_labels and not expressions:
-        return False
-    if any(labels.get(k) != v for k, v in match_labels.items()):
-        return False
-    for req in expressions:
-        present = req.key in labels
-        values = req.values or []
-        if ((req.operator == "In" and labels.get(req.key) not in values)
-                or (req.operator == "NotIn" and present and labels[req.key] in values)
-                or (req.operator == "Exists" and not present)
-                or (req.operator == "DoesNotExist" and present)):
-            return False
-    return True
 
 
 @dataclass
