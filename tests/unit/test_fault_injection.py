@@ -301,8 +301,9 @@ def admits_held(status: SnapshotGroupStatus) -> bool:
 
 def claims_undone(status: SnapshotGroupStatus) -> bool:
     """The status says everything was given back."""
+    message = status.message or ""
     return (condition(status, "Quiesced") == ("False", "Resumed")
-            or "everything it applied was undone" in (status.message or ""))
+            or "everything it applied was undone" in message or "thawed" in message)
 
 
 def check_stop(s: Scenario) -> None:

@@ -251,7 +251,7 @@ class GroupRun:
     def _budget_exceeded(self) -> Failure:
         return Failure("FreezeBudgetExceeded",
                        f"the freeze budget of {self.spec.freeze_budget} ran out while "
-                       f"{self.journal.status.message}; thawed at once", retriable=True)
+                       f"{self.journal.status.message}; the thaw began at once", retriable=True)
 
     def _window_failure(self, window: asyncio.Task[None]) -> Failure | None:
         if window.cancelled():
