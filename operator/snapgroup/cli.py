@@ -146,7 +146,7 @@ def _health(election: LeaderElection, loop: asyncio.AbstractEventLoop) -> tuple[
 def cmd_prepare_pgdata(args: argparse.Namespace) -> int:
     """A restored PostgreSQL pod's init step: write the backup kept with its snapshot into PGDATA."""
     try:
-        print(prepare_pgdata(Path(args.pgdata), Path(args.source)))
+        print(prepare_pgdata(Path(args.pgdata), Path(args.source), args.keep_archiving))
     except (PreparationError, OSError, ValueError, KeyError) as exc:
         print(f"prepare-pgdata: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -516,6 +516,8 @@ def parser() -> argparse.ArgumentParser:
     prepare.add_argument("--pgdata", required=True, help="the restored data directory")
     prepare.add_argument("--from", dest="source", required=True,
                          help="directory with backup_label, backup-wal and backup-wal-start")
+    prepare.add_argument("--keep-archiving", action="store_true",
+                         help="leave WAL archiving as it is (a restore in place, not a clone)")
     prepare.set_defaults(func=cmd_prepare_pgdata)
 
     for name, func, text in (

@@ -3,7 +3,8 @@
 Off unless ``SNAPGROUP_FAILPOINTS`` is set, e.g. ``apply:service:postgres=crash`` or
 ``cut=pause:5``; several are separated by ``;``. ``crash`` is SIGKILL of the operator's own process
 (the fault the write-ahead journal exists for); ``pause:N`` holds that step for N seconds (so a
-test can drop a connection or restart the API server inside the window). The fault-matrix tests
+test can drop a connection or restart the API server inside the window); ``fail`` raises
+`Injected` there, as a failed step would. The fault-matrix tests
 use them to hit every step boundary deterministically; in production the variable is unset and
 each point costs one dictionary lookup.
 """
@@ -16,6 +17,14 @@ import os
 import signal
 
 log = logging.getLogger("snapgroup.failpoints")
+
+
+class Injected(RuntimeError):
+    """The failure a ``fail`` failpoint raises."""
+
+    def __init__(self, point: str) -> None:
+        super().__init__(f"failpoint {point}")
+        self.point = point
 
 
 def _parse(text: str) -> dict[str, str]:
@@ -39,5 +48,7 @@ async def reached(point: str) -> None:
         for handler in logging.getLogger().handlers:
             handler.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "fail":
+        raise Injected(point)
     elif action.startswith("pause:"):
         await asyncio.sleep(float(action.removeprefix("pause:")))

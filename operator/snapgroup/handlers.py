@@ -169,5 +169,5 @@ async def restore_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A restore deleted (its finalizer holds it until this ran, even if no operator ran when it
     was deleted): stop it and, unless it Succeeded, remove what it created."""
     runtime: Runtime = memo["runtime"]
-    await runtime.restorer.stop(_restore_ref(body), str(body.get("spec", {}).get("targetNamespace", "")),
-                                (body.get("status") or {}).get("phase"))
+    await runtime.restorer.stop(_restore_ref(body), dict(body.get("spec") or {}),
+                                dict(body.get("status") or {}))

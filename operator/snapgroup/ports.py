@@ -263,8 +263,8 @@ class Cluster(Protocol):
 class ClusterObjects(Protocol):
     """Kubernetes objects by kind, as a restore reads and creates them (JSON as stored).
 
-    Kinds: Namespace, PersistentVolumeClaim, Secret, ConfigMap, Service, Deployment,
-    StatefulSet, StorageClass, VolumeSnapshot, VolumeSnapshotContent, SnapshotGroup,
+    Kinds: Namespace, PersistentVolumeClaim, PersistentVolume, Pod, Secret, ConfigMap, Service,
+    Deployment, StatefulSet, StorageClass, VolumeSnapshot, VolumeSnapshotContent, SnapshotGroup,
     SnapshotGroupRestore. ``namespace`` is ignored for cluster-scoped kinds.
     """
 
@@ -284,12 +284,35 @@ class ClusterObjects(Protocol):
         """Delete the object (background propagation); one that does not exist is no error."""
         ...
 
+    async def patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge-patch the object (a null value removes a key) and return it; None when it does
+        not exist."""
+        ...
+
     async def wait(
         self, kind: str, namespace: str, name: str, done: Callable[[dict[str, Any]], bool],
         timeout: float,
     ) -> dict[str, Any]:
         """Watch the object until done(object) holds and return it; TimeoutError at the
         timeout, naming the object."""
+        ...
+
+    async def wait_gone(self, kind: str, namespace: str, name: str, timeout: float) -> None:
+        """Watch the object until it no longer exists; TimeoutError at the timeout."""
+        ...
+
+    async def acquire_lease(
+        self, namespace: str, name: str, holder: str, seconds: int,
+        labels: dict[str, str] | None = None,
+    ) -> str | None:
+        """Take or renew an exclusion Lease, as groups do (`Cluster.acquire_lease`): None
+        when holder holds it now, else the live other holder."""
+        ...
+
+    async def release_lease(self, namespace: str, name: str, holder: str) -> None:
+        """Give an exclusion Lease up if holder still holds it."""
         ...
 
     async def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:

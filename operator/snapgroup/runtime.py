@@ -62,7 +62,8 @@ class Runtime:
     @cached_property
     def restorer(self) -> Restorer:
         """Runs SnapshotGroupRestores."""
-        return Restorer(self.objects, os.environ.get("SNAPGROUP_IMAGE") or OPERATOR_IMAGE)
+        return Restorer(self.objects, os.environ.get("SNAPGROUP_IMAGE") or OPERATOR_IMAGE,
+                        self.runner.operator_id)
 
     @cached_property
     def safety_net(self) -> SafetyNet:

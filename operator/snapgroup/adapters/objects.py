@@ -38,6 +38,8 @@ class _Kind:
 KINDS: dict[str, _Kind] = {
     "Namespace": _Kind("/api/v1", "namespaces", namespaced=False),
     "PersistentVolumeClaim": _Kind("/api/v1", "persistentvolumeclaims"),
+    "PersistentVolume": _Kind("/api/v1", "persistentvolumes", namespaced=False),
+    "Pod": _Kind("/api/v1", "pods"),
     "Secret": _Kind("/api/v1", "secrets"),
     "ConfigMap": _Kind("/api/v1", "configmaps"),
     "Service": _Kind("/api/v1", "services"),
@@ -116,9 +118,27 @@ class KubeObjects:
             self._request("DELETE", KINDS[kind].path(namespace, name),
                           {"propagationPolicy": "Background"}), allow={404})
 
+    async def patch(self, kind: str, namespace: str, name: str, patch: JSON) -> JSON | None:
+        """Merge-patch the object; None when it does not exist."""
+        done = await self._cluster._call(
+            "patch", f"patch {kind} {namespace}/{name}",
+            self._request("PATCH", KINDS[kind].path(namespace, name), patch, content_type=_MERGE_PATCH),
+            allow={404})
+        return None if done is None else dict(done, kind=kind)
+
     async def wait(self, kind: str, namespace: str, name: str, done: Callable[[JSON], bool],
                    timeout: float) -> JSON:
         """List the one object, then watch it until done(object) holds."""
+        found = await self._watch_until(kind, namespace, name, lambda o: o is not None and done(o), timeout)
+        assert found is not None
+        return found
+
+    async def wait_gone(self, kind: str, namespace: str, name: str, timeout: float) -> None:
+        """List the one object, then watch it until it no longer exists."""
+        await self._watch_until(kind, namespace, name, lambda o: o is None, timeout)
+
+    async def _watch_until(self, kind: str, namespace: str, name: str,
+                           done: Callable[[JSON | None], bool], timeout: float) -> JSON | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         field = f"metadata.name={name}"
@@ -131,7 +151,7 @@ class KubeObjects:
                         "list", f"read {kind} {namespace}/{name}", send, field_selector=field)
                     items = listing.get("items") or []
                     last = dict(items[0], kind=kind) if items else None
-                    if last is not None and done(last):
+                    if done(last):
                         return last
                     stream = self._cluster._watch(
                         f"watch {kind} {namespace}/{name}", send, field_selector=field,
@@ -141,13 +161,27 @@ class KubeObjects:
                         while (event := await self._cluster._next(stream)) is not None:
                             if event["type"] in ("ADDED", "MODIFIED"):
                                 last = dict(event["object"], kind=kind)
-                                if done(last):
-                                    return last
                             elif event["type"] == "DELETED":
                                 last = None
+                            else:
+                                continue
+                            if done(last):
+                                return last
         except TimeoutError:
-            state = "does not exist" if last is None else "is not there yet"
+            if done(None):
+                state = "still exists"
+            else:
+                state = "does not exist" if last is None else "is not there yet"
             raise TimeoutError(f"{kind} {namespace}/{name} {state} after {timeout:.0f}s") from None
+
+    async def acquire_lease(self, namespace: str, name: str, holder: str, seconds: int,
+                            labels: dict[str, str] | None = None) -> str | None:
+        """Take or renew an exclusion Lease (as groups do); the live other holder, or None."""
+        return await self._cluster.acquire_lease(namespace, name, holder, seconds, labels=labels)
+
+    async def release_lease(self, namespace: str, name: str, holder: str) -> None:
+        """Give an exclusion Lease up if holder still holds it."""
+        await self._cluster.release_lease(namespace, name, holder)
 
     async def patch_status(self, kind: str, namespace: str, name: str, status: JSON) -> None:
         """Merge-patch the status subresource; StepError(GROUP_GONE) when the object is gone."""

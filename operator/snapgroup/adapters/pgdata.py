@@ -54,8 +54,11 @@ MAX_WAL = 64 * 1024 * 1024
 """Bytes of kept WAL accepted at most, unpacked (what the operator keeps is far less)."""
 
 
-def prepare_pgdata(pgdata: Path, source: Path) -> str:
+def prepare_pgdata(pgdata: Path, source: Path, keep_archiving: bool = False) -> str:
     """Apply the backup in `source` to `pgdata`; a sentence saying what was done.
+
+    Archiving is turned off (a clone must not write into its source's archive) unless
+    keep_archiving: a restore in place is the source itself, and goes on archiving as it did.
 
     A marker holding the applied label makes a later start of the same restore do nothing; a
     different label is a new backup (a clone of a clone) and is applied. What is written belongs
@@ -74,10 +77,12 @@ def prepare_pgdata(pgdata: Path, source: Path) -> str:
     _write(pgdata / BACKUP_LABEL, label, (owner.st_uid, owner.st_gid))
     if (source / TABLESPACE_MAP).is_file() and (source / TABLESPACE_MAP).read_text():
         _write(pgdata / TABLESPACE_MAP, (source / TABLESPACE_MAP).read_text(), (owner.st_uid, owner.st_gid))
-    _no_archiving(pgdata / AUTO_CONF, (owner.st_uid, owner.st_gid))
+    if not keep_archiving:
+        _no_archiving(pgdata / AUTO_CONF, (owner.st_uid, owner.st_gid))
     _write(marker, label, (owner.st_uid, owner.st_gid))
     return (f"wrote {BACKUP_LABEL} and {len(wal)} bytes of WAL from {start.start} into "
-            f"{len(segments)} segment(s): the server starts backup recovery, with archiving off")
+            f"{len(segments)} segment(s): the server starts backup recovery, "
+            + ("archiving as before" if keep_archiving else "with archiving off"))
 
 
 def _no_archiving(auto_conf: Path, owner: tuple[int, int]) -> None:

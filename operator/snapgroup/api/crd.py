@@ -189,8 +189,9 @@ SNAPSHOT_GROUP_RESTORE = CustomResource(
     columns=(
         PrinterColumn("Group", ".spec.groupName", "string", "The SnapshotGroup restored."),
         PrinterColumn("Target", ".spec.targetNamespace", "string", "The namespace cloned into."),
+        PrinterColumn("InPlace", ".spec.inPlace", "boolean", "Restored into its own namespace."),
         PrinterColumn("Phase", ".status.phase", "string", "Where the restore is."),
-        PrinterColumn("Seconds", ".status.seconds", "number", "From start to the clone serving."),
+        PrinterColumn("Seconds", ".status.seconds", "number", "From start to the restored services serving."),
         PrinterColumn("Age", ".metadata.creationTimestamp", "date", "Time since it was created."),
         PrinterColumn("Message", ".status.message", "string", "Latest news.", priority=1),
     ),

@@ -1,4 +1,4 @@
-"""SnapshotGroupRestore: a whole SnapshotGroup brought back at its one moment, as a clone."""
+"""SnapshotGroupRestore: a whole SnapshotGroup brought back at its one moment, as a clone or in place."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from snapgroup.api import GROUP
 from snapgroup.api.base import ApiModel, Condition, DnsLabel, Duration, ObjectName
@@ -23,17 +23,51 @@ RESTORE_UID_LABEL = f"{GROUP}/restore-uid"
 RESTORE_LABEL = f"{GROUP}/restore"
 """On every object a restore creates: ``<namespace>.<name>`` of that SnapshotGroupRestore."""
 
+PROOF_LABEL = f"{GROUP}/restore-proof"
+"""In place: on a pod that proves a service starts on its restored claims (value: the workload)."""
+STOPPED_BY = f"{GROUP}/stopped-by-restore"
+"""In place: on a workload the restore scaled to zero: the restore's uid."""
+STOPPED_REPLICAS = f"{GROUP}/restore-replicas"
+"""In place: on a workload the restore scaled to zero: the replicas it gives back."""
+STOPPED_AS = f"{GROUP}/restore-stopped-as"
+"""In place: on a workload the restore scaled to zero: ``writer`` or ``service`` (services start
+first, writers last)."""
+VOLUME_ROLE = f"{GROUP}/restore-role"
+"""In place: on a PersistentVolume the restore took charge of: ``previous`` (the claim's volume
+before) or ``restored`` (the volume restored from the group's snapshot)."""
+VOLUME_CLAIM = f"{GROUP}/restore-claim"
+"""In place: on a previous volume: JSON of the claim it was bound to, written before that claim
+is deleted, so a rollback can bind a claim of the same name and spec to it again."""
+VOLUME_RECLAIM = f"{GROUP}/restore-reclaim-policy"
+"""In place: on a volume the restore set to Retain: the reclaim policy it had."""
+REPLACED_BY = f"{GROUP}/replaced-by-restore"
+"""In place: on a previous volume kept after success: ``<namespace>/<restore>`` that replaced it."""
+RESTORED_FROM = f"{GROUP}/restored-from"
+"""In place: on a swapped claim: ``<VolumeSnapshot>`` of the group its volume was restored from."""
+
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "default"})
 """Namespaces a restore never writes to, whatever their labels say."""
 
 
-class SnapshotGroupRestoreSpec(ApiModel):
-    """Which SnapshotGroup to bring back, and where.
+class PreviousVolumes(StrEnum):
+    """What an in-place restore does with the volumes its claims had, once it succeeded."""
 
-    The group's VolumeSnapshots become claims under their original names in the target
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class SnapshotGroupRestoreSpec(ApiModel):
+    """Which SnapshotGroup to bring back, and where: as a clone in another namespace, or in place.
+
+    A clone: the group's VolumeSnapshots become claims under their original names in the target
     namespace, and the workloads that mount those claims come up there on the restored data,
-    with the Services that select them and the Secrets and ConfigMaps they reference. The spec
-    is immutable: a restore is one act.
+    with the Services that select them and the Secrets and ConfigMaps they reference.
+
+    In place: every claim is first restored under a scratch name and each service is proven to
+    start on it; only then are the group's writers and the services stopped, the claims swapped
+    to the restored volumes, the services started and the writers resumed. A failure at any step
+    swaps the original volumes back and restarts everything as it was. The spec is immutable: a
+    restore is one act.
     """
 
     model_config = ConfigDict(
@@ -41,6 +75,11 @@ class SnapshotGroupRestoreSpec(ApiModel):
             "x-kubernetes-validations": [
                 {"rule": "self == oldSelf",
                  "message": "a restore's spec cannot be changed; create a new one"},
+                {"rule": "has(self.targetNamespace) != (has(self.inPlace) && self.inPlace)",
+                 "message": "set exactly one of targetNamespace (a clone) and inPlace: true"},
+                {"rule": "!has(self.includeWriters) || !self.includeWriters || has(self.targetNamespace)",
+                 "message": "includeWriters is for a clone: in place, the group's writers are "
+                            "stopped and resumed, never copied"},
             ]
         }
     )
@@ -48,17 +87,41 @@ class SnapshotGroupRestoreSpec(ApiModel):
     group_name: ObjectName
     """The SnapshotGroup (in this namespace) to restore; it must have Succeeded and be
     Consistent, and its VolumeSnapshots must still exist and be ready to use."""
-    target_namespace: DnsLabel
+    target_namespace: DnsLabel | None = None
     """The namespace to clone into. It must exist, differ from this one, carry the label
     `snapgroup.dev/restore-from` with this namespace as value (its owner's consent), and hold
-    none of the objects the restore creates."""
+    none of the objects the restore creates. Leave it out for an in-place restore."""
+    in_place: bool = False
+    """Restore this namespace itself to the group's moment: its claims are swapped to volumes
+    restored from the snapshots, records written since are gone. The namespace consents with the
+    label `snapgroup.dev/restore-from` set to its own name."""
+    previous_volumes: PreviousVolumes = PreviousVolumes.RETAIN
+    """In place, after success: Retain keeps the volumes the claims had (Released, annotated
+    with this restore) for whoever wants them back; Delete removes them. Before success they are
+    always kept."""
     include_writers: bool = False
-    """Also copy the group's writers (spec.writers); by default they are left out, so nothing
-    writes to the clone until someone decides it should."""
+    """A clone only: also copy the group's writers (spec.writers); by default they are left out,
+    so nothing writes to the clone until someone decides it should."""
     timeout: Duration = "10m"
     """How long the restore may take, from the first object created to every restored workload
-    ready; past it, everything the restore created is removed and it fails."""
+    ready; past it, a clone's objects are removed and an in-place restore rolls back, and it
+    fails."""
 
+    @model_validator(mode="after")
+    def _one_kind_of_restore(self) -> SnapshotGroupRestoreSpec:
+        if (self.target_namespace is not None) == self.in_place:
+            raise ValueError("set exactly one of targetNamespace (a clone) and inPlace: true")
+        if self.in_place and self.include_writers:
+            raise ValueError("includeWriters is for a clone: in place, the group's writers are "
+                             "stopped and resumed, never copied")
+        return self
+
+    @property
+    def clone_target(self) -> str:
+        """The namespace a clone goes to."""
+        if self.target_namespace is None:
+            raise ValueError("an in-place restore has no target namespace")
+        return self.target_namespace
 
 class RestorePhase(StrEnum):
     """Where the restore is; conditions carry the detail."""
@@ -116,6 +179,21 @@ class RestoredWorkload(ApiModel):
     the snapshot or by crash recovery."""
 
 
+class SwappedClaim(ApiModel):
+    """In place: one claim of the namespace moved onto a volume restored from the group."""
+
+    pvc: str
+    """The claim (its name is kept)."""
+    volume_snapshot: str
+    """The group's VolumeSnapshot the new volume was restored from."""
+    restored_volume: str | None = None
+    """The PersistentVolume the claim is bound to now."""
+    previous_volume: str
+    """The PersistentVolume it had before."""
+    previous_volume_kept: bool = True
+    """The previous volume still exists (Released, Retain) and can be bound again."""
+
+
 class SnapshotGroupRestoreStatus(ApiModel):
     """What the restore did, step by step; the objects it created carry its uid as a label."""
 
@@ -139,8 +217,16 @@ class SnapshotGroupRestoreStatus(ApiModel):
     """Workloads brought up on them."""
     objects: list[RestoredObject] = Field(default_factory=list)
     """Everything else created: Services, Secrets, ConfigMaps."""
+    claims: list[SwappedClaim] = Field(default_factory=list)
+    """In place: each claim, the volume it is on now and the one it had."""
+    swapped: bool | None = None
+    """In place: the claims are on the restored volumes and the services answered there; from
+    here the restore only goes forward (an interrupted run finishes it rather than rolling back)."""
+    writers_stopped_seconds: float | None = None
+    """In place: how long the group's writers were stopped."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Planned (the plan holds), Restored (every workload ready on the restored data)."""
+    """Planned (the plan holds), Proven (in place: every service started on its restored
+    claims), Restored (every workload ready on the restored data)."""
 
 
 # Files a restored PostgreSQL pod's init step finds in its preparation directory.

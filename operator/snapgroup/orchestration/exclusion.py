@@ -10,6 +10,8 @@ except a server's Lease that still carries a quiesce record: that server is not 
 resumed, and the safety net repairs it first.
 
 The holder identity is ``<group>/<uid>@<operator>``: which group, run by which operator process.
+An in-place SnapshotGroupRestore takes the same Leases for the claims it swaps and the workloads
+it stops, as ``restore:<restore>/<uid>@<operator>``.
 """
 
 from __future__ import annotations
@@ -41,9 +43,20 @@ def holder_of(ctx: HookContext) -> str:
     return f"{ctx.group}/{ctx.group_uid}@{ctx.operator_id}"
 
 
-def group_of(holder: str) -> str:
-    """The group's name in a holder identity."""
-    return holder.split("/", 1)[0]
+RESTORE_HOLDER = "restore:"
+
+
+def restore_holder(name: str, uid: str, operator_id: str) -> str:
+    """The Lease holder identity of an in-place restore."""
+    return f"{RESTORE_HOLDER}{name}/{uid}@{operator_id}"
+
+
+def holder_title(holder: str) -> str:
+    """Who a holder identity is, in words: ``SnapshotGroup x`` or ``SnapshotGroupRestore x``."""
+    name = holder.split("/", 1)[0]
+    if name.startswith(RESTORE_HOLDER):
+        return f"SnapshotGroupRestore {name.removeprefix(RESTORE_HOLDER)}"
+    return f"SnapshotGroup {name}"
 
 
 @asynccontextmanager
@@ -66,16 +79,16 @@ async def exclusive_targets(
             break
         if not waited:
             waited = True
-            other = group_of(busy[1])
+            other = holder_title(busy[1])
             journal.condition("Waiting", "True", "TargetsBusy",
-                              f"SnapshotGroup {other} holds a writer, volume or database server of "
+                              f"{other} holds a writer, volume or database server of "
                               "this group; this group runs when it is done")
-            journal.status.message = f"waiting for SnapshotGroup {other}"
+            journal.status.message = f"waiting for {other}"
             await journal.flush()
             journal.event("Normal", "Waiting", journal.status.message)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise StepError("TargetsBusy", f"targets still held by {group_of(busy[1])} "
+            raise StepError("TargetsBusy", f"targets still held by {holder_title(busy[1])} "
                             f"after waiting {wait_timeout:.0f}s")
         await ctx.cluster.wait_lease_change(ctx.namespace, lease_name(busy[0]),
                                             min(remaining, WAIT_SLICE_SECONDS))

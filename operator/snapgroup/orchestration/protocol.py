@@ -31,7 +31,7 @@ from snapgroup.api.snapshotgroup import (
     WriterStatus,
 )
 from snapgroup.hooks.registry import HookContext, ServiceHook
-from snapgroup.orchestration.exclusion import exclusive_targets, group_of
+from snapgroup.orchestration.exclusion import exclusive_targets, holder_title
 from snapgroup.orchestration.journal import CONDITION_TYPES, Journal, now
 from snapgroup.orchestration.plan import Plan, PlannedService, make_plan
 from snapgroup.orchestration.snapshots import (
@@ -206,7 +206,7 @@ class GroupRun:
                        retriable=True)
 
     def _lease_lost(self, holder: str) -> None:
-        self.abort("LeaseLost", f"SnapshotGroup {group_of(holder)} took over a Lease of this "
+        self.abort("LeaseLost", f"{holder_title(holder)} took over a Lease of this "
                    "group (it was not renewed in time)", retriable=True)
 
     # -- the window ---------------------------------------------------------------------

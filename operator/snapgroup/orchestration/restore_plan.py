@@ -139,21 +139,21 @@ class RestorePlan:
 
 def select(ref: RestoreRef, spec: SnapshotGroupRestoreSpec, world: SourceWorld) -> Selection:
     """The source objects to copy; PlanError for a group, snapshot or namespace that won't do."""
-    group_spec, group_status, group_uid = _check_group(spec, world.group)
+    group_spec, group_status, group_uid = check_group(spec, world.group)
     _check_target(ref, spec, world.target_namespace)
     volumes = [
         _volume(ref, spec, world, service.name, service.type, snap.name, snap.pvc, group_uid)
         for service in group_status.services for snap in service.volume_snapshots
     ]
     claims = {v.pvc for v in volumes}
-    writers = {_key(w) for w in world.workloads if _is_writer(w, group_spec)}
+    writers = {workload_key(w) for w in world.workloads if is_writer(w, group_spec)}
     chosen: list[JSON] = []
     notes: list[str] = []
-    for workload in sorted(world.workloads, key=_key):
-        mounted = _claims_of(workload)
-        if _key(workload) in writers:
+    for workload in sorted(world.workloads, key=workload_key):
+        mounted = claims_of(workload)
+        if workload_key(workload) in writers:
             if not spec.include_writers:
-                notes.append(f"writer {_key(workload)} left out (includeWriters is false)")
+                notes.append(f"writer {workload_key(workload)} left out (includeWriters is false)")
                 continue
         elif not mounted & claims:
             continue
@@ -161,8 +161,8 @@ def select(ref: RestoreRef, spec: SnapshotGroupRestoreSpec, world: SourceWorld) 
         if foreign:
             raise PlanError(
                 "ClaimNotInGroup", "spec.groupName",
-                f"{_key(workload)} also mounts {', '.join(foreign)}, which the group did not snapshot: "
-                "a clone would start it without that data",
+                f"{workload_key(workload)} also mounts {', '.join(foreign)}, which the group did not "
+                "snapshot: a clone would start it without that data",
             )
         chosen.append(workload)
     pod_labels = [_pod_labels(w) for w in chosen]
@@ -176,16 +176,16 @@ def select(ref: RestoreRef, spec: SnapshotGroupRestoreSpec, world: SourceWorld) 
     config_maps: set[str] = set()
     optional: set[str] = set()
     for workload in chosen:
-        refs = _references(_pod_spec(workload))
+        refs = _references(pod_spec(workload))
         secrets |= refs.secrets
         config_maps |= refs.config_maps
         optional |= refs.optional
     required = (secrets | config_maps) - (optional - _named_by_group(group_spec))
     return Selection(volumes, chosen, services, sorted(secrets), sorted(config_maps), notes,
-                     _earliest(group_status), frozenset(optional - required))
+                     earliest_cut(group_status), frozenset(optional - required))
 
 
-def _check_group(
+def check_group(
     spec: SnapshotGroupRestoreSpec, group: JSON | None
 ) -> tuple[SnapshotGroupSpec, SnapshotGroupStatus, str]:
     if group is None:
@@ -205,7 +205,7 @@ def _check_group(
 
 
 def _check_target(ref: RestoreRef, spec: SnapshotGroupRestoreSpec, namespace: JSON | None) -> None:
-    target = spec.target_namespace
+    target = spec.clone_target
     if target == ref.namespace:
         raise PlanError("TargetIsSource", "spec.targetNamespace",
                         f"{target} is the group's own namespace; a clone goes to another one")
@@ -223,10 +223,9 @@ def _check_target(ref: RestoreRef, spec: SnapshotGroupRestoreSpec, namespace: JS
                         f"labels it {RESTORE_TARGET_LABEL}={ref.namespace} to allow that")
 
 
-def _volume(
-    ref: RestoreRef, spec: SnapshotGroupRestoreSpec, world: SourceWorld, service: str,
-    service_type: str, name: str, pvc: str, group_uid: str,
-) -> Volume:
+def checked_snapshot(world: SourceWorld, name: str, group_uid: str) -> tuple[JSON, JSON, str]:
+    """The group's VolumeSnapshot's status, its bound content and snapshot handle; PlanError for
+    one that is gone, another group's, not ready, or without a handle."""
     path = "spec.groupName"
     snapshot = world.snapshots.get(name)
     if snapshot is None:
@@ -242,6 +241,14 @@ def _volume(
     if content is None or not handle:
         raise PlanError("SnapshotContentNotFound", path,
                         f"VolumeSnapshot {name} has no bound VolumeSnapshotContent with a snapshot handle")
+    return status, content, str(handle)
+
+
+def _volume(
+    ref: RestoreRef, spec: SnapshotGroupRestoreSpec, world: SourceWorld, service: str,
+    service_type: str, name: str, pvc: str, group_uid: str,
+) -> Volume:
+    status, content, handle = checked_snapshot(world, name, group_uid)
     labels = ref.labels
     copy_name = shortened(f"{name}-{ref.uid[:8]}", _NAME_LIMIT)
     content_name = shortened(f"snapgroup-{ref.uid[:8]}-{name}", _NAME_LIMIT)
@@ -253,7 +260,7 @@ def _volume(
             "deletionPolicy": "Retain",
             "driver": content["spec"]["driver"],
             "source": {"snapshotHandle": handle},
-            "volumeSnapshotRef": {"namespace": spec.target_namespace, "name": copy_name},
+            "volumeSnapshotRef": {"namespace": spec.clone_target, "name": copy_name},
             **({"volumeSnapshotClassName": content["spec"]["volumeSnapshotClassName"]}
                if content["spec"].get("volumeSnapshotClassName") else {}),
         },
@@ -283,11 +290,11 @@ def _claim(
     if size is None:
         raise PlanError("SnapshotSizeUnknown", "spec.groupName",
                         f"neither claim {name} nor its snapshot says how large the volume is")
-    if restore_size and _quantity(restore_size) > _quantity(size):
+    if restore_size and quantity(restore_size) > quantity(size):
         size = restore_size
     return {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "labels": {**_labels(original), **labels}},
+        "metadata": {"name": name, "labels": {**own_labels(original), **labels}},
         "spec": {
             "storageClassName": storage_class,
             "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
@@ -309,7 +316,7 @@ _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
 
 
-def _quantity(text: str) -> float:
+def quantity(text: str) -> float:
     """A storage quantity in bytes ("1Gi", "500M", "1073741824")."""
     match = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", text.strip())
     if match is None or match.group(2) not in _UNITS:
@@ -317,11 +324,11 @@ def _quantity(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _key(workload: JSON) -> str:
+def workload_key(workload: JSON) -> str:
     return f"{workload['kind']}/{workload['metadata']['name']}"
 
 
-def _pod_spec(workload: JSON) -> JSON:
+def pod_spec(workload: JSON) -> JSON:
     return dict(((workload.get("spec") or {}).get("template") or {}).get("spec") or {})
 
 
@@ -330,26 +337,26 @@ def _pod_labels(workload: JSON) -> dict[str, str]:
     return dict((template.get("metadata") or {}).get("labels") or {})
 
 
-def _labels(obj: JSON | None) -> dict[str, str]:
+def own_labels(obj: JSON | None) -> dict[str, str]:
     return {k: v for k, v in (((obj or {}).get("metadata") or {}).get("labels") or {}).items()
             if not k.startswith(f"{GROUP}/")}
 
 
-def _claims_of(workload: JSON) -> set[str]:
+def claims_of(workload: JSON) -> set[str]:
     """Claims the workload's pods mount: its volumes' claims, and for a StatefulSet the claims
     its volumeClaimTemplates make for each replica it runs (or ran, before an isolation)."""
     claims = {
         v["persistentVolumeClaim"]["claimName"]
-        for v in _pod_spec(workload).get("volumes") or [] if v.get("persistentVolumeClaim")
+        for v in pod_spec(workload).get("volumes") or [] if v.get("persistentVolumeClaim")
     }
     if workload["kind"] == "StatefulSet":
         name = workload["metadata"]["name"]
         for template in workload["spec"].get("volumeClaimTemplates") or []:
-            claims |= {f"{template['metadata']['name']}-{name}-{i}" for i in range(_replicas(workload))}
+            claims |= {f"{template['metadata']['name']}-{name}-{i}" for i in range(replicas_of(workload))}
     return claims
 
 
-def _replicas(workload: JSON) -> int:
+def replicas_of(workload: JSON) -> int:
     """The workload's replicas, or those an isolation will give back."""
     annotations = workload["metadata"].get("annotations") or {}
     if ORIGINAL_REPLICAS in annotations:
@@ -357,7 +364,7 @@ def _replicas(workload: JSON) -> int:
     return int((workload.get("spec") or {}).get("replicas", 1))
 
 
-def _is_writer(workload: JSON, spec: SnapshotGroupSpec) -> bool:
+def is_writer(workload: JSON, spec: SnapshotGroupSpec) -> bool:
     labels = workload["metadata"].get("labels") or {}
     for writer in spec.writers:
         if writer.kind != workload["kind"]:
@@ -432,7 +439,7 @@ def _named_by_group(spec: SnapshotGroupSpec) -> set[str]:
                     if s.last_record is not None and s.last_record.secret_ref is not None}
 
 
-def _earliest(status: SnapshotGroupStatus) -> str | None:
+def earliest_cut(status: SnapshotGroupStatus) -> str | None:
     if status.earliest_snapshot_time is None:
         return None
     return status.earliest_snapshot_time.isoformat().replace("+00:00", "Z")
@@ -467,15 +474,16 @@ def build(
         body, note = _workload(source, labels)
         if note:
             notes.append(note)
-        restored = [by_claim[c] for c in sorted(_claims_of(source) & by_claim.keys())]
+        restored = [by_claim[c] for c in sorted(claims_of(source) & by_claim.keys())]
         if len(restored) == 1:
             volume = restored[0]
-            preparations[_key(body)] = _prepare(body, volume, snapshots.get(volume.snapshot) or {},
+            preparations[workload_key(body)] = _prepare(body, volume, snapshots.get(volume.snapshot) or {},
                                                 prepare, ref, operator_image, secret_bodies)
         elif restored and any(v.service_type == "postgresql" for v in restored):
             # One pod template serves every replica's claim, and each claim's backup differs.
-            preparations[_key(body)] = (f"crash recovery: its {len(restored)} restored claims share one "
-                                        "pod template, and each holds a different backup")
+            preparations[workload_key(body)] = (
+                f"crash recovery: its {len(restored)} restored claims share one pod template, and each "
+                "holds a different backup")
         workloads.append(body)
     return RestorePlan(selection.volumes, services, secret_bodies, map_bodies, workloads,
                        preparations, notes, selection.earliest_cut, absent)
@@ -490,7 +498,7 @@ def _copied(kind: str, name: str, source: JSON | None, labels: dict[str, str],
         raise PlanError("SecretNotCopyable", "spec.groupName",
                         f"Secret {name} is a service account token; a clone cannot carry it")
     body: JSON = {"apiVersion": "v1", "kind": kind,
-                  "metadata": {"name": name, "labels": {**_labels(source), **labels}}}
+                  "metadata": {"name": name, "labels": {**own_labels(source), **labels}}}
     body.update({k: copy.deepcopy(source[k]) for k in keys if k in source})
     return body
 
@@ -508,7 +516,7 @@ def _service(source: JSON, labels: dict[str, str]) -> JSON:
         if kept in spec:
             body_spec[kept] = spec[kept]
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": source["metadata"]["name"], "labels": {**_labels(source), **labels}},
+            "metadata": {"name": source["metadata"]["name"], "labels": {**own_labels(source), **labels}},
             "spec": body_spec}
 
 
@@ -517,7 +525,7 @@ def _workload(source: JSON, labels: dict[str, str]) -> tuple[JSON, str | None]:
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
                    if k not in _DROPPED_ANNOTATIONS and not k.startswith(f"{GROUP}/")}
     spec = copy.deepcopy(source["spec"])
-    spec["replicas"] = _replicas(source)
+    spec["replicas"] = replicas_of(source)
     spec.pop("paused", None)
     pod = spec["template"].setdefault("spec", {})
     note = None
@@ -529,10 +537,10 @@ def _workload(source: JSON, labels: dict[str, str]) -> tuple[JSON, str | None]:
     if pod.get("automountServiceAccountToken") is not True:
         pod["automountServiceAccountToken"] = False
     if account and account != "default":
-        note = (f"{_key(source)} runs as the target namespace's default ServiceAccount, not "
+        note = (f"{workload_key(source)} runs as the target namespace's default ServiceAccount, not "
                 f"{account}: a restore copies no identities or permissions")
     body = {"apiVersion": "apps/v1", "kind": source["kind"],
-            "metadata": {"name": meta["name"], "labels": {**_labels(source), **labels},
+            "metadata": {"name": meta["name"], "labels": {**own_labels(source), **labels},
                          **({"annotations": annotations} if annotations else {})},
             "spec": spec}
     return body, note
@@ -543,28 +551,38 @@ def _prepare(
     operator_image: str, secrets: list[JSON],
 ) -> str:
     """Add the service type's init step to the workload that serves the volume's data."""
-    pod = workload["spec"]["template"]["spec"]
-    volume_name = _volume_name(workload, volume.pvc)
+    volume_name = volume_name_of(workload, volume.pvc)
     if volume_name is None:
         return "its claim is not mounted by a container"
+    return add_preparation(workload["spec"]["template"]["spec"], volume_name, volume.service,
+                           volume.service_type, snapshot, prepare, ref, operator_image, secrets)
+
+
+def add_preparation(
+    pod: JSON, volume_name: str, service: str, service_type: str, snapshot: JSON, prepare: Prepare,
+    ref: RestoreRef, operator_image: str, secrets: list[JSON], extra_args: tuple[str, ...] = (),
+) -> str:
+    """Add the service type's init step to a pod spec whose volume volume_name holds the
+    restored data; its files go into a Secret appended to secrets. Returns how the server starts."""
     for container in pod.get("containers") or []:
         mount = next((m for m in container.get("volumeMounts") or [] if m.get("name") == volume_name), None)
         if mount is None:
             continue
         annotations = (snapshot.get("metadata") or {}).get("annotations") or {}
-        outcome = prepare(volume.service_type, annotations, container, mount["mountPath"])
+        outcome = prepare(service_type, annotations, container, mount["mountPath"])
         if isinstance(outcome, str):
             return outcome
-        secret_name = shortened(f"snapgroup-restore-{ref.uid[:8]}-{volume.service}", _NAME_LIMIT)
-        secrets.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                        "metadata": {"name": secret_name, "labels": ref.labels},
-                        "data": outcome.files})
+        secret_name = shortened(f"snapgroup-restore-{ref.uid[:8]}-{service}", _NAME_LIMIT)
+        if not any(s["metadata"]["name"] == secret_name for s in secrets):
+            secrets.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                            "metadata": {"name": secret_name, "labels": ref.labels},
+                            "data": outcome.files})
         # Readable by whichever user the step runs as; only the pod's containers see the volume.
         pod.setdefault("volumes", []).append(
             {"name": _PREPARATION_VOLUME, "secret": {"secretName": secret_name, "defaultMode": 0o444}})
         data_mount = {k: v for k, v in mount.items() if k in ("name", "mountPath", "subPath", "subPathExpr")}
         step: JSON = {
-            "name": "snapgroup-prepare", "image": operator_image, "args": outcome.args,
+            "name": "snapgroup-prepare", "image": operator_image, "args": [*outcome.args, *extra_args],
             "volumeMounts": [
                 data_mount,
                 {"name": _PREPARATION_VOLUME, "mountPath": PREPARATION_MOUNT, "readOnly": True},
@@ -583,7 +601,7 @@ def _prepare(
     return "its claim is not mounted by a container"
 
 
-def _volume_name(workload: JSON, claim: str) -> str | None:
+def volume_name_of(workload: JSON, claim: str) -> str | None:
     for v in workload["spec"]["template"]["spec"].get("volumes") or []:
         if (v.get("persistentVolumeClaim") or {}).get("claimName") == claim:
             return str(v["name"])

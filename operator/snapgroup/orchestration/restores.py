@@ -1,8 +1,11 @@
-"""Running a SnapshotGroupRestore: read, plan, create, wait until the clone serves, report.
+"""Running a SnapshotGroupRestore: read, plan, create, wait until the restored services serve.
 
-Level-triggered: every object the restore creates carries its uid label, a create that finds
-its own object goes on, and a run interrupted by a restart simply runs again. A failure removes
-everything carrying the label, so the target namespace is left as it was.
+A clone is level-triggered: every object the restore creates carries its uid label, a create
+that finds its own object goes on, and a run interrupted by a restart simply runs again. A
+failure removes everything carrying the label, so the target namespace is left as it was.
+
+In place (`in_place.InPlace`), a failure or a restart before the point of no return rolls back
+to the previous volumes and workloads; after it, the restore only goes forward.
 """
 
 from __future__ import annotations
@@ -10,22 +13,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Mapping
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
+from snapgroup import failpoints
 from snapgroup.api.base import parse_duration
 from snapgroup.api.restore import KIND, RESTORE_UID_LABEL, RestorePhase, SnapshotGroupRestoreSpec
 from snapgroup.api.snapshotgroup import KIND as GROUP_KIND
 from snapgroup.hooks.restore_prep import prepare_restore
 from snapgroup.ports import GROUP_GONE, ClusterObjects, PlanError, StepError
 
+from .in_place import InPlace
+from .in_place_plan import InPlacePlan, plan_in_place
 from .restore_addresses import address_rewrites, rewrite_object
 from .restore_plan import RestorePlan, RestoreRef, SourceWorld, build, select
+from .restore_steps import (
+    RestoreFailed,
+    all_at_once,
+    condition,
+    first_error,
+    is_bound,
+    is_ready,
+    now,
+    time_left,
+)
 
 log = logging.getLogger("snapgroup.restore")
 JSON = dict[str, Any]
-T = TypeVar("T")
 
 CLEANUP_TIMEOUT = 120.0
 """How long removing a failed restore's objects may take."""
@@ -33,30 +47,13 @@ _CLEANUP_ORDER = ("Deployment", "StatefulSet", "Service", "Secret", "ConfigMap",
                   "VolumeSnapshot")
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _condition(kind: str, status: str, reason: str, message: str) -> JSON:
-    return {"type": kind, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": _now()}
-
-
-class RestoreFailed(Exception):
-    """A step of the restore failed after objects were created."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
 class Restorer:
     """Runs restores, one task each; `start` is idempotent, `stop` cancels a running one."""
 
-    def __init__(self, objects: ClusterObjects, operator_image: str) -> None:
+    def __init__(self, objects: ClusterObjects, operator_image: str, operator_id: str = "snapgroup") -> None:
         self.objects = objects
         self.operator_image = operator_image
+        self.operator_id = operator_id
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self, ref: RestoreRef, spec: Mapping[str, Any], status: Mapping[str, Any]) -> None:
@@ -65,14 +62,15 @@ class Restorer:
         if phase in (RestorePhase.SUCCEEDED, RestorePhase.FAILED) or ref.uid in self._tasks:
             return
         resumed = phase == RestorePhase.RESTORING
-        task = asyncio.create_task(self.run(ref, dict(spec), resumed),
+        task = asyncio.create_task(self.run(ref, dict(spec), resumed, status.get("swapped") is True),
                                    name=f"restore {ref.namespace}/{ref.name}")
         self._tasks[ref.uid] = task
         task.add_done_callback(lambda _: self._tasks.pop(ref.uid, None))
 
-    async def stop(self, ref: RestoreRef, target: str, phase: str | None = None) -> None:
+    async def stop(self, ref: RestoreRef, spec: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """The restore is being deleted: stop its run and, unless it Succeeded (a finished clone
-        is its owner's), remove what it created; phase is the one the deleted object showed.
+        is its owner's), remove what it created, or in place roll back (or, past the point of no
+        return, finish); status is the one the deleted object showed.
 
         Also for a restore deleted while no operator ran, or whose own clean-up failed: its
         finalizer keeps it until this has run."""
@@ -82,9 +80,18 @@ class Restorer:
             await asyncio.gather(task, return_exceptions=True)
         current = await self.objects.get(KIND, ref.namespace, ref.name)
         if current is not None:
-            phase = (current.get("status") or {}).get("phase")
-        if phase != RestorePhase.SUCCEEDED:
-            await self._clean_up(ref, target)
+            status = current.get("status") or {}
+        if status.get("phase") == RestorePhase.SUCCEEDED:
+            return
+        parsed = SnapshotGroupRestoreSpec.model_validate(dict(spec))
+        if not parsed.in_place:
+            await self._clean_up(ref, parsed.target_namespace)
+            return
+        steps = InPlace(self.objects, ref, self.operator_id, lambda s: self._write(ref, s))
+        if status.get("swapped") is True:
+            await steps.finish(parsed.previous_volumes)
+        else:
+            await steps.roll_back()
 
     async def close(self) -> None:
         """Operator shutdown: cancel runs; each resumes from the cluster's state on restart."""
@@ -93,55 +100,156 @@ class Restorer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def run(self, ref: RestoreRef, raw_spec: JSON, resumed: bool = False) -> None:
+    async def run(
+        self, ref: RestoreRef, raw_spec: JSON, resumed: bool = False, swapped: bool = False
+    ) -> None:
         """One restore, to Succeeded or Failed; a cancellation (shutdown) leaves it to resume.
 
-        resumed: an earlier run got as far as creating objects; a plan that fails now removes
-        them rather than saying nothing was created."""
+        resumed: an earlier run got as far as creating objects; a clone whose plan fails now
+        removes them rather than saying nothing was created, an in-place restore rolls back, or
+        (swapped: past its point of no return) finishes."""
         spec = SnapshotGroupRestoreSpec.model_validate(raw_spec)
+        if spec.in_place:
+            await self._run_in_place(ref, spec, resumed, swapped)
+            return
         started = time.monotonic()
         try:
             plan = await self.plan(ref, spec)
         except Exception as exc:
             reason, problem = _plan_problem(exc, ref)
             if resumed:
-                await self._fail(ref, spec.target_namespace, reason, problem, started)
+                await self._fail(ref, spec.clone_target, reason, problem, started)
             else:
                 await self._report_plan_failure(ref, reason, problem)
             return
         await self._write(ref, {
-            "phase": RestorePhase.RESTORING, "startTime": _now(), "message": "creating the clone",
+            "phase": RestorePhase.RESTORING, "startTime": now(), "message": "creating the clone",
             "earliestSnapshotTime": plan.earliest_cut,
-            "conditions": [_condition("Planned", "True", "Planned", _plan_summary(plan))],
+            "conditions": [condition("Planned", "True", "Planned", _plan_summary(plan))],
         })
         await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Normal", "Restoring",
-                                        f"cloning into {spec.target_namespace}: {_plan_summary(plan)}")
+                                        f"cloning into {spec.clone_target}: {_plan_summary(plan)}")
         try:
             budget = parse_duration(spec.timeout).total_seconds()
             async with asyncio.timeout(budget):
-                status = await _first_error(self._apply(ref, spec, plan, started + budget))
+                status = await first_error(self._apply(ref, spec, plan, started + budget))
         except (StepError, RestoreFailed, TimeoutError) as exc:
             reason = getattr(exc, "reason", "RestoreTimedOut")
             message = getattr(exc, "message", None) or f"not done within {spec.timeout}: {exc}"
-            await self._fail(ref, spec.target_namespace, reason, message, started)
+            await self._fail(ref, spec.clone_target, reason, message, started)
             return
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not leave half a clone behind
             log.exception("restore %s/%s failed", ref.namespace, ref.name)
-            await self._fail(ref, spec.target_namespace, "InternalError",
+            await self._fail(ref, spec.clone_target, "InternalError",
                              f"{type(exc).__name__}: {exc}", started)
             return
         seconds = round(time.monotonic() - started, 3)
-        message = f"clone in {spec.target_namespace} serving the data of the cut, {seconds:.1f}s"
+        message = f"clone in {spec.clone_target} serving the data of the cut, {seconds:.1f}s"
         await self._write(ref, {
-            **status, "phase": RestorePhase.SUCCEEDED, "completionTime": _now(), "seconds": seconds,
+            **status, "phase": RestorePhase.SUCCEEDED, "completionTime": now(), "seconds": seconds,
             "earliestSnapshotTime": plan.earliest_cut,
             "message": message,
-            "conditions": [_condition("Planned", "True", "Planned", _plan_summary(plan)),
-                           _condition("Restored", "True", "WorkloadsReady", message)],
+            "conditions": [condition("Planned", "True", "Planned", _plan_summary(plan)),
+                           condition("Restored", "True", "WorkloadsReady", message)],
         })
         await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Normal", "Restored", message)
+
+    async def _run_in_place(
+        self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec, resumed: bool, swapped: bool
+    ) -> None:
+        started = time.monotonic()
+        steps = InPlace(self.objects, ref, self.operator_id, lambda status: self._write(ref, status))
+        if resumed and swapped:
+            await self._finish_in_place(ref, spec, steps, started, None)
+            return
+        if resumed:
+            # The operator stopped inside the restore, before its point of no return.
+            await self._roll_back(ref, steps, "OperatorRestarted",
+                                  "the operator stopped while the restore ran", started)
+            return
+        try:
+            plan = await self.plan_in_place(ref, spec)
+        except Exception as exc:
+            await self._report_plan_failure(ref, *_plan_problem(exc, ref))
+            return
+        await self._write(ref, {
+            "phase": RestorePhase.RESTORING, "startTime": now(), "message": "restoring scratch claims",
+            "earliestSnapshotTime": plan.earliest_cut, "swapped": False,
+            "conditions": [condition("Planned", "True", "Planned", plan.summary())],
+        })
+        await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Normal", "Restoring",
+                                        plan.summary())
+        budget = parse_duration(spec.timeout).total_seconds()
+        try:
+            try:
+                async with asyncio.timeout(budget):
+                    await steps.hold(plan.targets, started + budget)
+                    stopped_at = await first_error(steps.run(plan, started + budget))
+            except (StepError, RestoreFailed, TimeoutError, failpoints.Injected) as exc:
+                reason = getattr(exc, "reason", "FailpointInjected" if isinstance(exc, failpoints.Injected)
+                                 else "RestoreTimedOut")
+                message = getattr(exc, "message", None) or (
+                    str(exc) if isinstance(exc, failpoints.Injected) else f"not done within {spec.timeout}")
+                await self._roll_back(ref, steps, reason, message, started)
+                return
+            except asyncio.CancelledError:
+                raise  # shutdown or deletion: whoever runs next rolls back
+            except Exception as exc:  # a bug must not leave the namespace half swapped
+                log.exception("restore %s/%s failed", ref.namespace, ref.name)
+                await self._roll_back(ref, steps, "InternalError", f"{type(exc).__name__}: {exc}", started)
+                return
+            await self._write(ref, {"swapped": True,
+                                    "message": "the services answer on the restored data; resuming writers"})
+            await self._finish_in_place(ref, spec, steps, started, stopped_at, plan)
+        finally:
+            await steps.release()
+
+    async def _finish_in_place(
+        self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec, steps: InPlace, started: float,
+        stopped_at: float | None, plan: InPlacePlan | None = None,
+    ) -> None:
+        claims, writers = await steps.finish(spec.previous_volumes)
+        seconds = round(time.monotonic() - started, 3)
+        stopped = None if stopped_at is None else round(time.monotonic() - stopped_at, 3)
+        kept = "kept (Released, Retain)" if spec.previous_volumes == "Retain" else "deleted"
+        message = (f"in place: {len(claims)} claim(s) on volumes restored from the group, services and "
+                   f"writers running; previous volumes {kept}"
+                   + (f"; writers stopped {stopped:.1f}s" if stopped is not None else "")
+                   + (f"; {seconds:.1f}s in all" if plan is not None else ""))
+        await self._write(ref, {
+            "phase": RestorePhase.SUCCEEDED, "completionTime": now(), "message": message, "claims": claims,
+            "workloads": writers, **({"seconds": seconds} if plan is not None else {}),
+            "writersStoppedSeconds": stopped,
+            "conditions": [*([condition("Planned", "True", "Planned", plan.summary())] if plan else []),
+                           condition("Restored", "True", "Swapped", message)],
+        })
+        await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Normal", "Restored", message)
+
+    async def _roll_back(
+        self, ref: RestoreRef, steps: InPlace, reason: str, message: str, started: float
+    ) -> None:
+        await self._write(ref, {"message": f"{message}; rolling back"})
+        await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason,
+                                        f"{message}; rolling back")
+        done = await steps.roll_back()
+        text = f"{message}; {done}"
+        await self._write(ref, {
+            "phase": RestorePhase.FAILED, "completionTime": now(), "message": text,
+            "seconds": round(time.monotonic() - started, 3),
+            "conditions": [condition("Restored", "False", reason, text)],
+        })
+        await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason, text)
+
+    async def plan_in_place(self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec) -> InPlacePlan:
+        """Read what an in-place plan needs and decide; PlanError before anything is created."""
+        world = await self._world(ref, spec)
+        names = sorted({str(p["spec"]["volumeName"]) for p in world.pvcs.values()
+                        if (p.get("spec") or {}).get("volumeName")})
+        found = await asyncio.gather(*(self.objects.get("PersistentVolume", "", n) for n in names))
+        volumes = {v["metadata"]["name"]: v for v in found if v is not None}
+        return plan_in_place(ref, spec, world, volumes, prepare_restore, self.operator_image)
 
     async def plan(self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec) -> RestorePlan:
         """Read what the plan needs and decide; PlanError before anything is created."""
@@ -154,7 +262,7 @@ class Restorer:
         plan = build(ref, selection, dict(zip(selection.secrets, secrets, strict=True)),
                      dict(zip(selection.config_maps, maps, strict=True)), world.snapshots,
                      prepare_restore, self.operator_image)
-        await self._check_conflicts(ref, spec.target_namespace, plan)
+        await self._check_conflicts(ref, spec.clone_target, plan)
         return plan
 
     async def _world(self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec) -> SourceWorld:
@@ -170,7 +278,7 @@ class Restorer:
         pvcs, deployments, statefulsets, services, classes = await asyncio.gather(*(
             self.objects.list(kind, "" if kind == "StorageClass" else ns)
             for kind in ("PersistentVolumeClaim", "Deployment", "StatefulSet", "Service", "StorageClass")))
-        target = await self.objects.get("Namespace", "", spec.target_namespace)
+        target = await self.objects.get("Namespace", "", spec.target_namespace or ref.namespace)
         content_names = {(s.get("status") or {}).get("boundVolumeSnapshotContentName") for s in snapshots}
         contents = await asyncio.gather(*(self.objects.get("VolumeSnapshotContent", "", n)
                                           for n in sorted(filter(None, content_names))))
@@ -202,12 +310,12 @@ class Restorer:
     ) -> JSON:
         """Create everything, wait for it to serve; the caller's timeout bounds it all. The waits
         end just before that deadline, so a timeout names what was not ready."""
-        target = spec.target_namespace
+        target = spec.clone_target
         for volume in plan.volumes:
             await self._create(ref, "VolumeSnapshotContent", "", volume.content_copy)
             await self._create(ref, "VolumeSnapshot", target, volume.snapshot_copy)
-        await _all(self._create(ref, "PersistentVolumeClaim", target, v.claim) for v in plan.volumes)
-        created = await _all(self._create(ref, "Service", target, s) for s in plan.services)
+        await all_at_once(self._create(ref, "PersistentVolumeClaim", target, v.claim) for v in plan.volumes)
+        created = await all_at_once(self._create(ref, "Service", target, s) for s in plan.services)
         sources = {s["metadata"]["name"]: s for s in await self.objects.list("Service", ref.namespace)}
         rewrites = address_rewrites(
             [(sources[c["metadata"]["name"]], c) for c in created if c["metadata"]["name"] in sources],
@@ -223,10 +331,11 @@ class Restorer:
             await self._create(ref, body["kind"], target, body)
         await self._write(ref, {"message": "waiting for the restored claims and workloads",
                                 "objects": objects, "volumes": _volumes(plan, set())})
-        await _all(self.objects.wait("PersistentVolumeClaim", target, v.pvc, _bound, _left(deadline))
-                   for v in plan.volumes)
-        workloads = await _all(
-            self.objects.wait(w["kind"], target, w["metadata"]["name"], _ready, _left(deadline))
+        await all_at_once(
+            self.objects.wait("PersistentVolumeClaim", target, v.pvc, is_bound, time_left(deadline))
+            for v in plan.volumes)
+        workloads = await all_at_once(
+            self.objects.wait(w["kind"], target, w["metadata"]["name"], is_ready, time_left(deadline))
             for w in plan.workloads if w["spec"].get("replicas", 1) > 0)
         # The claims are bound to volumes provisioned from the snapshots: the copies have done
         # their work (Retain keeps the group's backing snapshots whatever happens to them).
@@ -257,9 +366,9 @@ class Restorer:
                      f"{RESTORE_UID_LABEL}={ref.uid} may remain in {target}")
         text = f"{message}; {after}"
         await self._write(ref, {
-            "phase": RestorePhase.FAILED, "completionTime": _now(), "message": text,
+            "phase": RestorePhase.FAILED, "completionTime": now(), "message": text,
             "seconds": round(time.monotonic() - started, 3),
-            "conditions": [_condition("Restored", "False", reason, text)],
+            "conditions": [condition("Restored", "False", reason, text)],
         })
         await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason, text)
 
@@ -280,8 +389,8 @@ class Restorer:
     async def _report_plan_failure(self, ref: RestoreRef, reason: str, problem: str) -> None:
         message = f"{problem}; nothing was created"
         await self._write(ref, {
-            "phase": RestorePhase.FAILED, "completionTime": _now(), "message": message,
-            "conditions": [_condition("Planned", "False", reason, message)],
+            "phase": RestorePhase.FAILED, "completionTime": now(), "message": message,
+            "conditions": [condition("Planned", "False", reason, message)],
         })
         await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason, message)
 
@@ -291,35 +400,6 @@ class Restorer:
         except StepError as exc:
             if exc.reason != GROUP_GONE:
                 raise
-
-
-async def _all(steps: Iterable[Awaitable[T]]) -> list[T]:
-    """Run steps at once; when one fails, the others are cancelled and awaited before the error
-    goes on, so nothing lands after the clean-up that follows."""
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(_awaited(step)) for step in steps]
-    return [task.result() for task in tasks]
-
-
-async def _first_error(step: Awaitable[T]) -> T:
-    """The step's result; of several errors raised at once (by `_all`), the first."""
-    try:
-        return await step
-    except BaseExceptionGroup as group:
-        first = group.exceptions[0]
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        raise first from group
-
-
-async def _awaited(step: Awaitable[T]) -> T:
-    return await step
-
-
-def _left(deadline: float) -> float:
-    """Seconds a wait may take: until shortly before the run's own deadline."""
-    remaining = max(0.0, deadline - time.monotonic())
-    return remaining - min(1.0, remaining / 10)
 
 
 def _plan_problem(exc: Exception, ref: RestoreRef) -> tuple[str, str]:
@@ -334,17 +414,6 @@ def _plan_problem(exc: Exception, ref: RestoreRef) -> tuple[str, str]:
 
 def _ours(obj: JSON, ref: RestoreRef) -> bool:
     return ((obj.get("metadata") or {}).get("labels") or {}).get(RESTORE_UID_LABEL) == ref.uid
-
-
-def _bound(pvc: JSON) -> bool:
-    return (pvc.get("status") or {}).get("phase") == "Bound"
-
-
-def _ready(workload: JSON) -> bool:
-    wanted = int((workload.get("spec") or {}).get("replicas", 1))
-    status = workload.get("status") or {}
-    return (wanted > 0 and int(status.get("readyReplicas") or 0) >= wanted
-            and int(status.get("observedGeneration") or 0) >= int(workload["metadata"].get("generation", 1)))
 
 
 def _volumes(plan: RestorePlan, bound: set[str]) -> list[JSON]:
