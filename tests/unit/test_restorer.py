@@ -356,7 +356,7 @@ async def test_deleting_a_running_restore_stops_it_and_removes_what_it_created()
         task.result()  # the run ended early: show why
     del fake.objects[RESTORE_KEY]  # what the API server did before the DELETED event
     calls = len(fake.calls)
-    await restorer.stop(REF, TARGET)
+    await restorer.stop(REF, restore_spec(), {})
     assert task.cancelled()
     assert restore_tasks() == []
     assert fake.waiting == set()
@@ -373,7 +373,8 @@ async def test_deleting_a_finished_restore_keeps_a_clone_and_removes_what_a_fail
     assert (await run(fake))["phase"] == "Succeeded"
     made = fake.labelled(RESTORE_UID)
     fake.objects[RESTORE_KEY]["status"]["phase"] = phase
-    await Restorer(fake, IMAGE).stop(REF, TARGET, "Restoring")  # the object's own phase counts
+    # the object's own phase counts
+    await Restorer(fake, IMAGE).stop(REF, restore_spec(), {"phase": "Restoring"})
     assert fake.labelled(RESTORE_UID) == (made if phase == "Succeeded" else [])
 
 
