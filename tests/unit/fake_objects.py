@@ -33,7 +33,7 @@ from unit.fakeworld import merge_patch
 JSON = dict[str, Any]
 Key = tuple[str, str, str]
 
-CLUSTER_SCOPED = frozenset({"Namespace", "StorageClass", "VolumeSnapshotContent"})
+CLUSTER_SCOPED = frozenset({"Namespace", "StorageClass", "VolumeSnapshotContent", "PersistentVolume"})
 WORKLOADS = ("Deployment", "StatefulSet")
 
 
@@ -76,6 +76,10 @@ class FakeObjects:
         """Objects someone else creates just before the restore's create of that name."""
         self.waiting: set[Key] = set()
         """Objects a `wait` is watching right now."""
+        self.made: list[Key] = []
+        """Objects the pretend controllers made (volumes) or a patch touched: they act on them too."""
+        self.leases: dict[tuple[str, str], str] = {}
+        """(namespace, name) -> holder of every exclusion Lease held."""
         self._changed = asyncio.Event()
         self._ips = itertools.count(7)
         self._versions = itertools.count(5000)
@@ -178,9 +182,20 @@ class FakeObjects:
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         self.calls.append(("delete", kind, namespace, name))
         key = self._key(kind, namespace, name)
-        if self.objects.pop(key, None) is not None:
+        gone = self.objects.pop(key, None)
+        if gone is not None:
             self.deleted.append(key)
+            if kind == "PersistentVolumeClaim":
+                self._release(gone)
+            asyncio.get_running_loop().call_soon(self._reconcile)
             self._notify()
+
+    def _release(self, claim: JSON) -> None:
+        """The volume a deleted claim was bound to: Released, or gone with reclaim policy Delete."""
+        volume = self.objects.get(("PersistentVolume", "", (claim.get("spec") or {}).get("volumeName") or ""))
+        if volume is None or (volume["spec"].get("claimRef") or {}).get("uid") != claim["metadata"].get("uid"):
+            return
+        volume["status"] = {"phase": "Released"}
 
     async def wait(self, kind: str, namespace: str, name: str, done: Callable[[JSON], bool],
                    timeout: float) -> JSON:
@@ -202,6 +217,46 @@ class FakeObjects:
             self.waiting.discard(key)
             self._notify()
 
+    async def patch(self, kind: str, namespace: str, name: str, patch: JSON) -> JSON | None:
+        self.calls.append(("patch", kind, namespace, name))
+        key = self._key(kind, namespace, name)
+        found = self.objects.get(key)
+        if found is None:
+            return None
+        before = copy.deepcopy(found.get("spec"))
+        merge_patch(found, patch)
+        found["metadata"]["resourceVersion"] = str(next(self._versions))
+        if kind in WORKLOADS and found.get("spec") != before:
+            found["metadata"]["generation"] = int(found["metadata"].get("generation", 1)) + 1
+            found.setdefault("status", {}).pop("readyReplicas", None)
+        if key not in self.made:
+            self.made.append(key)  # the pretend controllers act on it from now on
+        asyncio.get_running_loop().call_soon(self._reconcile)
+        self._notify()
+        return copy.deepcopy(found)
+
+    async def wait_gone(self, kind: str, namespace: str, name: str, timeout: float) -> None:
+        self.calls.append(("wait_gone", kind, namespace, name))
+        key = self._key(kind, namespace, name)
+        try:
+            await asyncio.wait_for(self.until(lambda: key not in self.objects), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{kind} {namespace}/{name} still exists after {timeout:.0f}s") from None
+
+    async def acquire_lease(self, namespace: str, name: str, holder: str, seconds: int,
+                            labels: dict[str, str] | None = None) -> str | None:
+        self.calls.append(("acquire_lease", "Lease", namespace, name))
+        current = self.leases.get((namespace, name))
+        if current is not None and current.split("@")[0] != holder.split("@")[0]:
+            return current
+        self.leases[namespace, name] = holder
+        return None
+
+    async def release_lease(self, namespace: str, name: str, holder: str) -> None:
+        self.calls.append(("release_lease", "Lease", namespace, name))
+        if (self.leases.get((namespace, name)) or "").split("@")[0] == holder.split("@")[0]:
+            del self.leases[namespace, name]
+
     async def patch_status(self, kind: str, namespace: str, name: str, status: JSON) -> None:
         self.calls.append(("patch_status", kind, namespace, name))
         found = self.objects.get(self._key(kind, namespace, name))
@@ -220,7 +275,7 @@ class FakeObjects:
 
     def _reconcile(self) -> None:
         """Advance every created object as far as the world allows, then wake the waiters."""
-        while any([self._step(key) for key in list(self.created) if key in self.objects]):
+        while any([self._step(key) for key in [*self.created, *self.made] if key in self.objects]):
             pass
         self._notify()
 
@@ -240,6 +295,36 @@ class FakeObjects:
             obj["status"] = {"readyToUse": True, "boundVolumeSnapshotContentName": content_name,
                              "restoreSize": "1Gi"}
             return True
+        if kind == "PersistentVolume":
+            phase = status.get("phase")
+            ref = obj["spec"].get("claimRef") or {}
+            if phase == "Released" and obj["spec"].get("persistentVolumeReclaimPolicy") == "Delete":
+                del self.objects[key]
+                self.deleted.append(key)
+                return True
+            if phase == "Released" and ref and not ref.get("uid"):
+                obj["status"] = {"phase": "Available"}
+                return True
+            if phase == "Bound" and ref.get("uid"):
+                claim = self.objects.get(("PersistentVolumeClaim", ref.get("namespace", ""), ref.get("name", "")))
+                if claim is None or claim["metadata"].get("uid") != ref["uid"]:
+                    obj["status"] = {"phase": "Released"}
+                    return True
+            return False
+        if kind == "Pod" and status.get("phase") != "Running":
+            if not self._can_start(obj["spec"], ns):
+                return False
+            obj["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            return True
+        if kind == "PersistentVolumeClaim" and status.get("phase") != "Bound" and obj["spec"].get("volumeName"):
+            volume = self.objects.get(("PersistentVolume", "", obj["spec"]["volumeName"]))
+            ref = (volume or {}).get("spec", {}).get("claimRef") or {}
+            if volume is None or ref.get("name") != name or ref.get("uid") not in (None, obj["metadata"]["uid"]):
+                return False
+            ref["uid"] = obj["metadata"]["uid"]
+            volume["status"] = {"phase": "Bound"}
+            obj["status"] = {"phase": "Bound", "capacity": dict(obj["spec"]["resources"]["requests"])}
+            return True
         if kind == "PersistentVolumeClaim" and status.get("phase") != "Bound":
             source = obj["spec"].get("dataSource")
             if source is not None:
@@ -250,7 +335,18 @@ class FakeObjects:
                 content = self.objects[("VolumeSnapshotContent", "",
                                         snap["status"]["boundVolumeSnapshotContentName"])]
                 self.provisioned_from[key] = content["status"]["snapshotHandle"]
+            volume_name = f"pvc-{obj['metadata']['uid']}"
+            obj["spec"]["volumeName"] = volume_name
+            self.objects[("PersistentVolume", "", volume_name)] = {
+                "apiVersion": "v1", "kind": "PersistentVolume",
+                "metadata": {"name": volume_name, "uid": f"uid-{volume_name}"},
+                "spec": {"persistentVolumeReclaimPolicy": "Delete",
+                         "claimRef": {"namespace": ns, "name": name, "uid": obj["metadata"]["uid"]}},
+                "status": {"phase": "Bound"}}
+            self.made.append(("PersistentVolume", "", volume_name))
             obj["status"] = {"phase": "Bound", "capacity": dict(obj["spec"]["resources"]["requests"])}
+            return True
+        if kind in WORKLOADS and self._sync_pods(obj, ns):
             return True
         if kind in WORKLOADS and "readyReplicas" not in status:
             if (kind, name) in self.never_ready or not self._can_run(obj, ns):
@@ -261,12 +357,37 @@ class FakeObjects:
             return True
         return False
 
+    def _sync_pods(self, workload: JSON, ns: str) -> bool:
+        """A scaled-down workload's extra pods go (at once: the grace period is the test's)."""
+        name = workload["metadata"]["name"]
+        wanted = int(workload["spec"].get("replicas", 1))
+        if wanted == 0 and (workload.get("status") or {}).get("readyReplicas"):
+            workload["status"] = {"observedGeneration": workload["metadata"]["generation"], "replicas": 0,
+                                  "readyReplicas": 0}
+        extra = [k for k in self.objects if k[0] == "Pod" and k[1] == ns and k[2].startswith(f"{name}-pod-")
+                 and int(k[2].rsplit("-", 1)[1]) >= wanted]
+        for key in extra:
+            del self.objects[key]
+        return bool(extra)
+
     def _can_run(self, workload: JSON, ns: str) -> bool:
         """Its pods start: every claim Bound, every Secret and ConfigMap they need exists."""
         pod = workload["spec"]["template"]["spec"]
+        if not self._can_start(pod, ns, workload):
+            return False
+        for i in range(int(workload["spec"].get("replicas", 1))):
+            pod_key = ("Pod", ns, f"{workload['metadata']['name']}-pod-{i}")
+            self.objects[pod_key] = {"kind": "Pod", "metadata": {
+                "name": pod_key[2], "namespace": ns, "uid": f"uid-{pod_key[2]}",
+                "labels": dict((workload["spec"]["template"].get("metadata") or {}).get("labels") or {})},
+                "spec": copy.deepcopy(pod), "status": {"phase": "Running"}}
+        return True
+
+    def _can_start(self, pod: JSON, ns: str, workload: JSON | None = None) -> bool:
+        """A pod of this spec starts: every claim Bound, every Secret and ConfigMap it needs exists."""
         claims = [v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes") or []
                   if v.get("persistentVolumeClaim")]
-        if workload["kind"] == "StatefulSet":
+        if workload is not None and workload["kind"] == "StatefulSet":
             claims += [f"{t['metadata']['name']}-{workload['metadata']['name']}-{i}"
                        for t in workload["spec"].get("volumeClaimTemplates") or []
                        for i in range(int(workload["spec"].get("replicas", 1)))]

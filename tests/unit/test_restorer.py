@@ -66,9 +66,12 @@ def cluster(objects: Objects | None = None, **fields: Any) -> FakeObjects:
 
 
 def others(fake: FakeObjects) -> dict[Key, JSON]:
-    """Everything that is not the restore's: the source, the cluster, what the target held."""
+    """Everything that is not the restore's: the source, the cluster, what the target held (not
+    the volumes and pods the pretend controllers made for the restore's claims and workloads)."""
     mine = set(fake.labelled(RESTORE_UID))
-    return {k: copy.deepcopy(o) for k, o in fake.objects.items() if k not in mine and k != RESTORE_KEY}
+    return {k: copy.deepcopy(o) for k, o in fake.objects.items()
+            if k not in mine and k != RESTORE_KEY and k not in fake.made
+            and not (k[0] == "Pod" and k[1] == TARGET)}
 
 
 async def run(fake: FakeObjects, **fields: Any) -> JSON:
