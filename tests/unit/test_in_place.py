@@ -1,0 +1,94 @@
+"""In-place SnapshotGroupRestore over the in-memory cluster: proof, swap, rollback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from snapgroup import failpoints
+from snapgroup.api.restore import RESTORE_TARGET_LABEL, STOPPED_BY
+from snapgroup.orchestration.restores import Restorer
+from unit.fake_objects import FakeObjects
+from unit.restore_world import (
+    CLAIMS,
+    GROUP,
+    IMAGE,
+    PG_ANNOTATIONS,
+    REF,
+    RESTORE,
+    RESTORE_UID,
+    SOURCE,
+    bleater,
+    put,
+)
+
+JSON = dict[str, Any]
+RESTORE_KEY = ("SnapshotGroupRestore", SOURCE, RESTORE)
+SPEC = {"groupName": GROUP, "inPlace": True, "timeout": "1m"}
+
+
+def world() -> FakeObjects:
+    objects = bleater(PG_ANNOTATIONS)
+    objects[("Namespace", "", SOURCE)]["metadata"]["labels"] = {RESTORE_TARGET_LABEL: SOURCE}
+    for claim in CLAIMS.values():
+        put(objects, {"apiVersion": "v1", "kind": "PersistentVolume",
+                      "metadata": {"name": f"pvc-{claim}", "uid": f"uid-pv-{claim}"},
+                      "spec": {"persistentVolumeReclaimPolicy": "Delete",
+                               "claimRef": {"namespace": SOURCE, "name": claim, "uid": f"uid-{claim}"}},
+                      "status": {"phase": "Bound"}})
+    put(objects, {"apiVersion": "snapgroup.dev/v1alpha1", "kind": "SnapshotGroupRestore",
+                  "metadata": {"name": RESTORE, "namespace": SOURCE, "uid": RESTORE_UID, "generation": 1},
+                  "spec": dict(SPEC)})
+    return FakeObjects(objects)
+
+
+async def run(fake: FakeObjects) -> JSON:
+    await Restorer(fake, IMAGE).run(REF, dict(SPEC))
+    return dict(fake.objects[RESTORE_KEY].get("status") or {})
+
+
+def volume_of(fake: FakeObjects, claim: str) -> str:
+    return str(fake.objects[("PersistentVolumeClaim", SOURCE, claim)]["spec"]["volumeName"])
+
+
+def replicas(fake: FakeObjects, kind: str, name: str) -> int:
+    return int(fake.objects[(kind, SOURCE, name)]["spec"]["replicas"])
+
+
+async def test_in_place_swaps_every_claim_onto_its_restored_volume_and_starts_everything_again() -> None:
+    fake = world()
+    status = await run(fake)
+    assert status["phase"] == "Succeeded", status.get("message")
+    for claim in CLAIMS.values():
+        assert volume_of(fake, claim) != f"pvc-{claim}"
+        previous = fake.objects[("PersistentVolume", "", f"pvc-{claim}")]
+        assert previous["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+        assert previous["status"]["phase"] == "Released"
+    assert replicas(fake, "Deployment", "data-writer") == 1
+    for name in CLAIMS:
+        workload = fake.objects[("Deployment", SOURCE, name)]
+        assert workload["spec"]["replicas"] == 1
+        assert STOPPED_BY not in (workload["metadata"].get("annotations") or {})
+    assert fake.labelled(RESTORE_UID) == []
+    assert fake.leases == {}
+
+
+@pytest.mark.parametrize("step", ["scratch-claims", "proven", "writers-stopped", "services-stopped",
+                                  "claims-released", "claims-swapped", "services-started"])
+async def test_a_failure_at_any_step_before_the_swap_is_done_puts_everything_back(
+    step: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(failpoints._POINTS, f"restore:{RESTORE}:{step}", "fail")
+    fake = world()
+    status = await run(fake)
+    assert status["phase"] == "Failed"
+    assert "rolled back" in status["message"], status["message"]
+    for claim in CLAIMS.values():
+        assert volume_of(fake, claim) == f"pvc-{claim}"
+        previous = fake.objects[("PersistentVolume", "", f"pvc-{claim}")]
+        assert previous["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+    assert replicas(fake, "Deployment", "data-writer") == 1
+    for name in CLAIMS:
+        assert replicas(fake, "Deployment", name) == 1
+    assert fake.labelled(RESTORE_UID) == []
