@@ -180,9 +180,12 @@ def test_namespaced_overlay_grants_only_cluster_scoped_reads_cluster_wide(
     assert [r["metadata"]["name"] for r in cluster_roles] == ["snapgroup-cluster-reads"]
     cluster_wide = permissions(cluster_roles[0]["rules"])
     assert {(group, resource) for group, resource, _ in cluster_wide} <= CLUSTER_SCOPED
-    # Reads only, but for a clone's static snapshot contents (Retain: a copy owns no data).
-    writes = {(g, r) for g, r, verb in cluster_wide if verb not in ("get", "list", "watch")}
-    assert writes <= {("snapshot.storage.k8s.io", "volumesnapshotcontents")}
+    # Reads only, but for a clone's static snapshot contents (Retain: a copy owns no data) and an
+    # in-place restore's patches of volumes (keep, bind, label): never creating or deleting one.
+    writes = {(g, r, verb) for g, r, verb in cluster_wide if verb not in ("get", "list", "watch")}
+    assert {(g, r) for g, r, verb in writes if r != "persistentvolumes"} <= {
+        ("snapshot.storage.k8s.io", "volumesnapshotcontents")}
+    assert {verb for _, r, verb in writes if r == "persistentvolumes"} <= {"patch"}
 
 
 def test_namespaced_overlay_adds_up_to_the_cluster_wide_grant(namespaced: list[dict[str, Any]]) -> None:

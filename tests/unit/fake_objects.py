@@ -63,6 +63,8 @@ class FakeObjects:
         """Each created object's body as the caller sent it."""
         self.deleted: list[Key] = []
         """Objects a delete removed, in order (deletes of absent objects are not listed)."""
+        self.reclaimed: list[Key] = []
+        """Volumes the pretend controller deleted after their claim went (reclaim policy Delete)."""
         self.patches: list[JSON] = []
         self.events: list[tuple[str, str, str]] = []
         """(type, reason, message) of every Event recorded."""
@@ -300,7 +302,7 @@ class FakeObjects:
             ref = obj["spec"].get("claimRef") or {}
             if phase == "Released" and obj["spec"].get("persistentVolumeReclaimPolicy") == "Delete":
                 del self.objects[key]
-                self.deleted.append(key)
+                self.reclaimed.append(key)
                 return True
             if phase == "Released" and ref and not ref.get("uid"):
                 obj["status"] = {"phase": "Available"}
