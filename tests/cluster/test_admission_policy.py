@@ -1,5 +1,6 @@
 """deploy/admission on the real API server: a user may create a SnapshotGroup or
-ScheduledSnapshotGroup only for writers they may scale and Secrets they may read.
+ScheduledSnapshotGroup only for writers they may scale and Secrets they may read, and a
+SnapshotGroupRestore only where they may create (and, in place, replace) what it consists of.
 
 Users are ServiceAccounts of the test namespace with tokens from the TokenRequest API, each bound
 to its own Role; requests are server-side dry runs (admission runs, nothing is stored, so no
@@ -25,6 +26,7 @@ from e2e.operator_process import REPO
 pytestmark = pytest.mark.cluster
 
 POLICY = "snapgroup-requester-may-freeze"
+RESTORE_POLICY = "snapgroup-requester-may-restore"
 CREATE_GROUPS = {"apiGroups": ["snapgroup.dev"],
                  "resources": ["snapshotgroups", "scheduledsnapshotgroups"], "verbs": ["create"]}
 SCALE_ALL = {"apiGroups": ["apps"], "resources": ["deployments/scale", "statefulsets/scale"],
@@ -32,6 +34,9 @@ SCALE_ALL = {"apiGroups": ["apps"], "resources": ["deployments/scale", "stateful
 SECRETS = ["postgres-credentials", "mongodb-credentials", "minio-credentials"]
 SNAPSHOTS = {"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots"],
              "verbs": ["create"]}
+CREATE_RESTORES = {"apiGroups": ["snapgroup.dev"], "resources": ["snapshotgrouprestores"],
+                   "verbs": ["create"]}
+RESTORE_BASICS = [CREATE_RESTORES, {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}]
 USERS: dict[str, list[dict[str, Any]]] = {
     # May do everything the sample group asks for.
     "allowed": [CREATE_GROUPS, SCALE_ALL, SNAPSHOTS,
@@ -47,6 +52,15 @@ USERS: dict[str, list[dict[str, Any]]] = {
                 "resourceNames": ["data-writer"]},
                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
                 "resourceNames": SECRETS}],
+    # May create restores, and nothing else.
+    "restore-only": [CREATE_RESTORES],
+    # May create claims and workloads (a clone), not delete claims or scale (in place).
+    "cloner": [*RESTORE_BASICS,
+               {"apiGroups": [""], "resources": ["persistentvolumeclaims", "services"], "verbs": ["create"]},
+               {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["create"]}],
+    # May replace claims and stop workloads (in place), not create workloads (a clone).
+    "replacer": [*RESTORE_BASICS, SCALE_ALL,
+                 {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["create", "delete"]}],
 }
 
 
@@ -93,10 +107,10 @@ class Users:
         done = self.create(user, body)
         assert done.returncode == 0, done.stderr
 
-    def refused(self, user: str, body: dict[str, Any]) -> str:
+    def refused(self, user: str, body: dict[str, Any], policy: str = POLICY) -> str:
         done = self.create(user, body)
         assert done.returncode != 0, f"{user} was admitted: {done.stdout}"
-        assert POLICY in done.stderr, done.stderr
+        assert policy in done.stderr, done.stderr
         return done.stderr
 
 
@@ -106,7 +120,8 @@ def users(local_cluster: Any) -> Iterator[Users]:
     in force (it takes effect a moment after it is created)."""
     local_cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     local_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                          "crd/snapshotgroups.snapgroup.dev", "crd/scheduledsnapshotgroups.snapgroup.dev")
+                          "crd/snapshotgroups.snapgroup.dev", "crd/scheduledsnapshotgroups.snapgroup.dev",
+                          "crd/snapshotgrouprestores.snapgroup.dev")
     local_cluster.kubectl("apply", "--server-side", "-k", str(REPO / "deploy" / "admission"))
     namespace = f"admission-{uuid.uuid4().hex[:6]}"
     manifests: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace",
@@ -200,3 +215,28 @@ def test_hooks_cannot_reach_what_writers_cannot(users: Users) -> None:
 def test_more_targets_than_the_policy_can_check_are_refused(users: Users) -> None:
     many = [{"kind": "Deployment", "name": f"w{i}"} for i in range(11)]
     assert "at most 10 writers" in users.refused("allowed", group(ns(users), writers=many))
+
+
+def restore(namespace: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "snapgroup.dev/v1alpha1", "kind": "SnapshotGroupRestore",
+            "metadata": {"name": f"r-{uuid.uuid4().hex[:6]}", "namespace": namespace},
+            "spec": {"groupName": "bleater-snapshot", **spec}}
+
+
+def test_a_restore_in_place_needs_the_right_to_replace_claims_and_stop_workloads(users: Users) -> None:
+    namespace = ns(users)
+    users.admitted("replacer", restore(namespace, inPlace=True))
+    message = users.refused("cloner", restore(namespace, inPlace=True), RESTORE_POLICY)
+    assert f"may not delete persistentvolumeclaims in {namespace}" in message and "spec.inPlace" in message
+    message = users.refused("restore-only", restore(namespace, inPlace=True), RESTORE_POLICY)
+    assert f"may not get secrets in {namespace}" in message
+
+
+def test_a_clone_needs_the_right_to_create_its_objects_in_the_target(users: Users) -> None:
+    namespace = ns(users)
+    users.admitted("cloner", restore(namespace, targetNamespace=namespace))
+    message = users.refused("replacer", restore(namespace, targetNamespace=namespace), RESTORE_POLICY)
+    assert f"may not create services in {namespace}" in message
+    elsewhere = f"other-{uuid.uuid4().hex[:6]}"
+    message = users.refused("cloner", restore(namespace, targetNamespace=elsewhere), RESTORE_POLICY)
+    assert f"may not create persistentvolumeclaims in {elsewhere}" in message
