@@ -30,10 +30,11 @@ from snapgroup.api.base import parse_duration
 from snapgroup.api.crd import check_crds, write_crds
 from snapgroup.api.labels import shortened
 from snapgroup.api.restore import KIND as RESTORE_KIND
-from snapgroup.api.restore import RESTORE_TARGET_LABEL, SnapshotGroupRestoreSpec
+from snapgroup.api.restore import RESTORE_TARGET_LABEL, PreviousVolumes, SnapshotGroupRestoreSpec
 from snapgroup.api.snapshotgroup import KIND, SnapshotGroupSpec, SnapshotGroupStatus
 from snapgroup.hooks.registry import HookContext
 from snapgroup.orchestration.groups import MAX_WINDOWS, RETRY_DELAY
+from snapgroup.orchestration.in_place_plan import InPlacePlan
 from snapgroup.orchestration.plan import Plan, make_plan
 from snapgroup.orchestration.restore_plan import RestorePlan, RestoreRef
 from snapgroup.orchestration.verification import verify
@@ -399,8 +400,12 @@ def render_status(title: str, status: SnapshotGroupStatus) -> str:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Print a restore's plan; unless --dry-run, create the SnapshotGroupRestore and follow it."""
-    spec = {"groupName": args.group, "targetNamespace": args.to_namespace,
-            "includeWriters": args.include_writers, "timeout": args.timeout}
+    spec: dict[str, Any] = {"groupName": args.group, "includeWriters": args.include_writers,
+                            "timeout": args.timeout}
+    if args.in_place:
+        spec.update(inPlace=True, previousVolumes=args.previous_volumes)
+    else:
+        spec["targetNamespace"] = args.to_namespace
     try:
         parsed = SnapshotGroupRestoreSpec.model_validate(spec)
     except ValidationError as exc:
@@ -415,9 +420,16 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 async def _restore(runtime: Runtime, args: argparse.Namespace, spec: SnapshotGroupRestoreSpec) -> int:
-    name = args.name or shortened(f"{args.group}-to-{args.to_namespace}", 253)
+    where = "in-place" if spec.in_place else f"to-{args.to_namespace}"
+    name = args.name or shortened(f"{args.group}-{where}", 253)
+    ref = RestoreRef(args.namespace, name, "dry-run")
     try:
-        plan = await runtime.restorer.plan(RestoreRef(args.namespace, name, "dry-run"), spec)
+        if spec.in_place:
+            text = render_in_place_plan(f"{args.namespace}/{name}", spec,
+                                        await runtime.restorer.plan_in_place(ref, spec))
+        else:
+            text = render_restore_plan(f"{args.namespace}/{name}", spec,
+                                       await runtime.restorer.plan(ref, spec))
     except PlanError as exc:
         print(f"{RESTORE_KIND} {args.namespace}/{name}: {exc.reason}: {exc.field_path}: {exc.message}",
               file=sys.stderr)
@@ -426,7 +438,7 @@ async def _restore(runtime: Runtime, args: argparse.Namespace, spec: SnapshotGro
         print(f"{RESTORE_KIND} {args.namespace}/{name}: the plan could not read what it needs "
               f"({exc.reason}): {exc.message}", file=sys.stderr)
         return EXIT_FAILED
-    print(render_restore_plan(f"{args.namespace}/{name}", spec, plan))
+    print(text)
     if args.dry_run:
         print("\nDry run: nothing was created.")
         return EXIT_OK
@@ -460,6 +472,23 @@ def render_restore_plan(title: str, spec: SnapshotGroupRestoreSpec, plan: Restor
     others = [*plan.services, *plan.secrets, *plan.config_maps]
     if others:
         lines += ["", "Also created: " + ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in others)]
+    lines += [f"Note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def render_in_place_plan(title: str, spec: SnapshotGroupRestoreSpec, plan: InPlacePlan) -> str:
+    """What a restore in place would swap and stop, as a person reads it."""
+    lines = [f"{RESTORE_KIND} {title}: SnapshotGroup {spec.group_name} -> in place, "
+             f"previous volumes: {spec.previous_volumes}",
+             "", table(["pvc", "from volumesnapshot", "service", "previous volume"],
+                       [[s.pvc, s.snapshot, s.service, s.previous_volume] for s in plan.swaps])]
+    lines += ["", table(["workload", "replicas", "role", "starts"],
+                        [[w.key, w.replicas, "writer" if w.writer else "service",
+                          plan.preparations.get(w.key, "as it was cut")]
+                         for w in [*plan.services, *plan.writers]])]
+    lines += ["", "Each service is first proven on claims restored under temporary names; only then are "
+              "the writers and services stopped and the claims swapped. A failure before the services "
+              "answer on the restored data puts the previous volumes and workloads back."]
     lines += [f"Note: {n}" for n in plan.notes]
     return "\n".join(lines)
 
@@ -500,12 +529,21 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--output", "-o", choices=["table", "json"], default="table")
     plan.set_defaults(func=cmd_plan)
 
-    restore = sub.add_parser("restore", help="clone a SnapshotGroup into another namespace")
+    restore = sub.add_parser("restore",
+                             help="clone a SnapshotGroup into another namespace, or restore it in place")
     restore.add_argument("group", help="the SnapshotGroup to restore")
     restore.add_argument("--namespace", "-n", default="default", help="the group's namespace")
-    restore.add_argument("--to-namespace", required=True,
-                         help=f"namespace to clone into (labelled {RESTORE_TARGET_LABEL}=<source>)")
-    restore.add_argument("--name", help="name of the SnapshotGroupRestore (default: GROUP-to-NS)")
+    where = restore.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to-namespace",
+                       help=f"namespace to clone into (labelled {RESTORE_TARGET_LABEL}=<source>)")
+    where.add_argument("--in-place", action="store_true",
+                       help=f"swap the group's own claims onto restored volumes (the namespace labelled "
+                            f"{RESTORE_TARGET_LABEL}=<itself>)")
+    restore.add_argument("--previous-volumes", choices=[p.value for p in PreviousVolumes],
+                         default=PreviousVolumes.RETAIN.value,
+                         help="in place: keep (Retain) or delete the volumes the claims had before")
+    restore.add_argument("--name",
+                         help="name of the SnapshotGroupRestore (default: GROUP-to-NS, GROUP-in-place)")
     restore.add_argument("--include-writers", action="store_true", help="also copy the group's writers")
     restore.add_argument("--timeout", default="10m", help="how long the restore may take")
     restore.add_argument("--dry-run", action="store_true", help="print the plan; create nothing")

@@ -16,6 +16,7 @@ from e2e.bleater import Bleater
 from e2e.kube import Kube
 from e2e.operator_process import REPO
 from e2e.test_bleater_group import sample, services_without_mongodb
+from snapgroup.api.restore import RESTORE_TARGET_LABEL
 
 pytestmark = pytest.mark.cluster
 
@@ -106,3 +107,40 @@ def test_verify_passes_a_consistent_group_and_fails_an_inconsistent_one(
     assert status.returncode == 0 and "Phase: Succeeded" in status.stdout
     missing = snapgroup(local_cluster, "verify", "no-such-group", "-n", "bleater")
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_restore_dry_runs_print_the_plan_and_change_nothing(
+    local_cluster: Any, operator: Any, kube: Kube, group_name: str
+) -> None:
+    kube.create_group(sample(group_name))
+    assert kube.wait_group("bleater", group_name)["status"]["phase"] == "Succeeded"
+    kube.core.patch_namespace("bleater", {"metadata": {"labels": {RESTORE_TARGET_LABEL: "bleater"}}})
+    try:
+        before = versions(kube)
+        in_place = snapgroup(local_cluster, "restore", group_name, "-n", "bleater", "--in-place", "--dry-run")
+        assert in_place.returncode == 0, in_place.stderr
+        for claim, previous in (("postgres-data", volume_of(kube, "postgres-data")),
+                                ("mongodb-data", volume_of(kube, "mongodb-data"))):
+            line = next(row for row in in_place.stdout.splitlines() if row.startswith(claim))
+            assert f"{group_name}-" in line and previous in line, line
+        assert "previous volumes: Retain" in in_place.stdout
+        writer = next(row for row in in_place.stdout.splitlines() if row.startswith("Deployment/data-writer"))
+        assert "writer" in writer, writer
+        assert "Dry run: nothing was created." in in_place.stdout
+        clone = snapgroup(local_cluster, "restore", group_name, "-n", "bleater", "--to-namespace",
+                          "bleater-copy", "--dry-run")
+        # The clone's target does not exist: refused, naming the field.
+        assert clone.returncode == 1 and "spec.targetNamespace" in clone.stderr, clone.stderr
+        assert versions(kube) == before, "a dry run must not change anything"
+        assert kube.custom.list_namespaced_custom_object(
+            "snapgroup.dev", "v1alpha1", "bleater", "snapshotgrouprestores")["items"] == []
+    finally:
+        kube.core.patch_namespace("bleater", {"metadata": {"labels": {RESTORE_TARGET_LABEL: None}}})
+    refused = snapgroup(local_cluster, "restore", group_name, "-n", "bleater", "--in-place", "--dry-run")
+    assert refused.returncode == 1 and "TargetNamespaceNotOptedIn" in refused.stderr, refused.stderr
+    both = snapgroup(local_cluster, "restore", group_name, "--in-place", "--to-namespace", "x")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr, both.stderr
+
+
+def volume_of(kube: Kube, claim: str) -> str:
+    return str(kube.core.read_namespaced_persistent_volume_claim(claim, "bleater").spec.volume_name)

@@ -58,7 +58,8 @@ def volumes(kube: Kube) -> dict[str, str]:
 
 
 def reclaim_policies(kube: Kube, names: dict[str, str]) -> dict[str, str]:
-    return {v: kube.core.read_persistent_volume(v).spec.persistent_volume_reclaim_policy for v in names.values()}
+    return {v: kube.core.read_persistent_volume(v).spec.persistent_volume_reclaim_policy
+            for v in names.values()}
 
 
 def replicas(kube: Kube) -> dict[str, int]:
@@ -79,7 +80,8 @@ def left_behind(kube: Kube, uid: str) -> list[str]:
     selector = f"{RESTORE_UID_LABEL}={uid}"
     found = [f"PersistentVolumeClaim/{c.metadata.name}" for c in
              kube.core.list_namespaced_persistent_volume_claim(NAMESPACE, label_selector=selector).items]
-    found += [f"Pod/{p.metadata.name}" for p in kube.core.list_namespaced_pod(NAMESPACE, label_selector=selector).items]
+    found += [f"Pod/{p.metadata.name}"
+              for p in kube.core.list_namespaced_pod(NAMESPACE, label_selector=selector).items]
     found += [f"Secret/{s.metadata.name}" for s in
               kube.core.list_namespaced_secret(NAMESPACE, label_selector=selector).items]
     found += [f"PersistentVolume/{v.metadata.name}" for v in
@@ -222,7 +224,8 @@ def test_the_operator_killed_midway_and_restarted_rolls_back(
     assert status["phase"] == "Failed", status
     restored = next(c for c in status["conditions"] if c["type"] == "Restored")
     assert (restored["status"], restored["reason"]) == ("False", "OperatorRestarted")
-    put_back = status["message"].split("rolled back: claims ", 1)[-1].split(" back on their previous volumes")[0]
+    put_back = status["message"].split("rolled back: claims ", 1)[-1]
+    put_back = put_back.split(" back on their previous volumes")[0]
     assert sorted(put_back.split(", ")) == sorted(CLAIMS), status["message"]
     assert_rolled_back(kube, bleater, done, previous, policies, scaled, before)
 

@@ -195,7 +195,8 @@ class FakeObjects:
     def _release(self, claim: JSON) -> None:
         """The volume a deleted claim was bound to: Released, or gone with reclaim policy Delete."""
         volume = self.objects.get(("PersistentVolume", "", (claim.get("spec") or {}).get("volumeName") or ""))
-        if volume is None or (volume["spec"].get("claimRef") or {}).get("uid") != claim["metadata"].get("uid"):
+        bound_to = (volume or {}).get("spec", {}).get("claimRef") or {}
+        if volume is None or bound_to.get("uid") != claim["metadata"].get("uid"):
             return
         volume["status"] = {"phase": "Released"}
 
@@ -308,7 +309,8 @@ class FakeObjects:
                 obj["status"] = {"phase": "Available"}
                 return True
             if phase == "Bound" and ref.get("uid"):
-                claim = self.objects.get(("PersistentVolumeClaim", ref.get("namespace", ""), ref.get("name", "")))
+                claim = self.objects.get(("PersistentVolumeClaim", ref.get("namespace", ""),
+                                          ref.get("name", "")))
                 if claim is None or claim["metadata"].get("uid") != ref["uid"]:
                     obj["status"] = {"phase": "Released"}
                     return True
@@ -318,10 +320,12 @@ class FakeObjects:
                 return False
             obj["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
             return True
-        if kind == "PersistentVolumeClaim" and status.get("phase") != "Bound" and obj["spec"].get("volumeName"):
+        pre_bound = obj["spec"].get("volumeName") if kind == "PersistentVolumeClaim" else None
+        if pre_bound and status.get("phase") != "Bound":
             volume = self.objects.get(("PersistentVolume", "", obj["spec"]["volumeName"]))
             ref = (volume or {}).get("spec", {}).get("claimRef") or {}
-            if volume is None or ref.get("name") != name or ref.get("uid") not in (None, obj["metadata"]["uid"]):
+            theirs = ref.get("uid") not in (None, obj["metadata"]["uid"])
+            if volume is None or ref.get("name") != name or theirs:
                 return False
             ref["uid"] = obj["metadata"]["uid"]
             volume["status"] = {"phase": "Bound"}

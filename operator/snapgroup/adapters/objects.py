@@ -168,10 +168,8 @@ class KubeObjects:
                             if done(last):
                                 return last
         except TimeoutError:
-            if done(None):
-                state = "still exists"
-            else:
-                state = "does not exist" if last is None else "is not there yet"
+            gone_yet = "does not exist" if last is None else "is not there yet"
+            state = "still exists" if done(None) else gone_yet
             raise TimeoutError(f"{kind} {namespace}/{name} {state} after {timeout:.0f}s") from None
 
     async def acquire_lease(self, namespace: str, name: str, holder: str, seconds: int,
