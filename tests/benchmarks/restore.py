@@ -1,5 +1,5 @@
-"""Restore time of the bleater sample: a SnapshotGroupRestore applied -> the clone's services
-answering on the restored data.
+"""Restore time of the bleater sample: a SnapshotGroupRestore applied -> the services answering
+on the restored data, as a clone and in place; and how long an in-place restore stops the writer.
 
 Usage (from the repository root; `make bench-restore` runs the first)::
 
@@ -13,6 +13,14 @@ through the clone's own Secrets (the test-side reads of `e2e.bleater`), and the 
 `status.seconds` (its create -> workloads Ready). Each clone is checked to hold the records of the
 cut (the same sequence in all three, none newer than the earliest cut) before it counts, then
 deleted.
+
+Then `--runs` restores in place of the same group, one after another, each once the data-writer
+has written records after the cut (which the restore must take away). A run's time is from the
+create to the restore Succeeded (services and writer running again on the restored claims); the
+writer's stop is the restore's `status.writersStoppedSeconds` (writers scaled to zero -> running
+again). Each run is checked before it counts: every service holds exactly the cut's records up to
+the cut, and every record after it was written after the restore began. The previous volumes
+are deleted (`previousVolumes: Delete`).
 """
 
 from __future__ import annotations
@@ -88,8 +96,46 @@ def one_clone(kube: Kube, cut: datetime) -> JSON:
         kube.core.delete_namespace(target)
 
 
+def one_in_place(kube: Kube, cut: datetime, n: int) -> JSON:
+    """One restore in place of the group, with records after the cut to take away: timed, checked."""
+    bleater = Bleater(kube)
+    top = max(r.seq for r in bleater.records("postgres"))
+    bleater.wait_new_records(top + 2)
+    before = {service: {r.seq: r.at for r in bleater.records(service) if r.at <= cut}
+              for service in SERVICES}
+    name = f"{GROUP}-in-place-{n}"
+    begun = time.time()
+    started = time.monotonic()
+    kube.custom.create_namespaced_custom_object("snapgroup.dev", "v1alpha1", NAMESPACE, PLURAL, {
+        "apiVersion": "snapgroup.dev/v1alpha1", "kind": "SnapshotGroupRestore",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"groupName": GROUP, "inPlace": True, "previousVolumes": "Delete", "timeout": "5m"}})
+    done = kube.wait_custom(NAMESPACE, PLURAL, name,
+                            lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
+                            360.0, "a terminal phase")
+    status = done["status"]
+    if status["phase"] != "Succeeded":
+        raise RuntimeError(f"restore {name} failed: {status.get('message')}")
+    ready = time.monotonic() - started
+    held = _records_everywhere(bleater, time.monotonic() + ANSWER_TIMEOUT)
+    answering = time.monotonic() - started
+    for service, records in held.items():
+        kept = {r.seq: r.at for r in records if r.at <= cut}
+        if kept != before[service]:
+            raise RuntimeError(f"{service} does not hold exactly the cut's records after restore {name}")
+        late = [r.seq for r in records if r.at > cut and r.at.timestamp() < begun]
+        if late:
+            raise RuntimeError(f"{service} still holds records written after the cut, before the "
+                               f"restore: {late}")
+    kube.custom.delete_namespaced_custom_object("snapgroup.dev", "v1alpha1", NAMESPACE, PLURAL, name)
+    return {"answeringSeconds": round(answering, 3), "readySeconds": round(ready, 3),
+            "statusSeconds": status.get("seconds"),
+            "writersStoppedSeconds": status.get("writersStoppedSeconds"),
+            "records": len(before["postgres"])}
+
+
 def run(cluster: LocalCluster, runs: int) -> JSON:
-    """The group, then the clones."""
+    """The group, then the clones, then the restores in place."""
     kube = Kube(cluster.kubeconfig)
     operator = OperatorProcess(cluster.kubeconfig, cluster.logs_dir / "operator.log")
     operator.start()
@@ -103,17 +149,28 @@ def run(cluster: LocalCluster, runs: int) -> JSON:
         for n in range(runs):
             clones.append(one_clone(kube, cut))
             progress(f"clone {n + 1}/{runs}: services answering after {clones[-1]['answeringSeconds']:.2f}s")
+        kube.core.patch_namespace(NAMESPACE, {"metadata": {"labels": {RESTORE_TARGET_LABEL: NAMESPACE}}})
+        in_place = []
+        for n in range(runs):
+            in_place.append(one_in_place(kube, cut, n + 1))
+            progress(f"in place {n + 1}/{runs}: {in_place[-1]['readySeconds']:.2f}s, writer stopped "
+                     f"{in_place[-1]['writersStoppedSeconds']:.2f}s")
     finally:
         operator.stop()
-    return {"runs": clones,
-            "answering": summary(c["answeringSeconds"] for c in clones),
-            "ready": summary(c["readySeconds"] for c in clones),
-            "status": summary(float(c["statusSeconds"]) for c in clones)}
+    stopped = summary(float(r["writersStoppedSeconds"]) for r in in_place)
+    return {"clone": _summarised(clones), "inPlace": {**_summarised(in_place), "writersStopped": stopped}}
+
+
+def _summarised(runs: list[JSON]) -> JSON:
+    return {"runs": runs,
+            "answering": summary(r["answeringSeconds"] for r in runs),
+            "ready": summary(r["readySeconds"] for r in runs),
+            "status": summary(float(r["statusSeconds"]) for r in runs)}
 
 
 def render(results: JSON) -> str:
     """The report's markdown."""
-    clone = results["clone"]
+    clone, in_place = results["restore"]["clone"], results["restore"]["inPlace"]
     lines = [
         "# Restore benchmark",
         "",
@@ -137,7 +194,24 @@ def render(results: JSON) -> str:
                       [[str(i + 1), r["answeringSeconds"], r["readySeconds"], str(r["records"]),
                         r["postgresRecovery"]] for i, r in enumerate(clone["runs"])]),
         "",
-        "In place: not measured (an in-place restore is not built yet).",
+        "## In place",
+        "",
+        f"Then {len(in_place['runs'])} restores in place of the same group, one after another, each "
+        "once the data-writer had written records after the cut. *Ready*: the SnapshotGroupRestore "
+        "created -> Succeeded (each service proven on scratch claims, writer and services stopped, "
+        "claims swapped, services Ready, writer running again). *Answering*: created -> all three "
+        "services serve their records, checked to hold exactly the cut's records up to the cut and "
+        "none of those written after it before the restore. *Writer stopped*: the restore's "
+        "`status.writersStoppedSeconds`, from scaling the writer to zero to its pod running again.",
+        "",
+        report._table(["in place", "median s", "p90 s", "min s", "max s", "n"],
+                      [report._summary_row(name, in_place[key]) for name, key in
+                       (("ready", "ready"), ("answering", "answering"), ("status.seconds", "status"),
+                        ("writer stopped", "writersStopped"))]),
+        "",
+        report._table(["run", "ready s", "answering s", "writer stopped s", "records of the cut"],
+                      [[str(i + 1), r["readySeconds"], r["answeringSeconds"], r["writersStoppedSeconds"],
+                        str(r["records"])] for i, r in enumerate(in_place["runs"])]),
         "",
     ]
     return "\n".join(lines)
@@ -146,7 +220,8 @@ def render(results: JSON) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Cluster up, measure, write the report, cluster down."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.restore", description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=RUNS, help=f"clones to time (default {RUNS})")
+    parser.add_argument("--runs", type=int, default=RUNS,
+                        help=f"clones, and restores in place, to time (default {RUNS} each)")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "benchmarks")
     args = parser.parse_args(argv)
     state_dir = Path(tempfile.mkdtemp(prefix="snapgroup-bench-restore-"))
@@ -154,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.up(apply_bleater=True, wait_for_other_cluster=3600.0)
         cluster.apply_crds(REPO / "crds")
-        results = {"machine": report.describe_machine(cluster), "clone": run(cluster, args.runs)}
+        results = {"machine": report.describe_machine(cluster), "restore": run(cluster, args.runs)}
     finally:
         cluster.down()
         shutil.rmtree(state_dir, ignore_errors=True)

@@ -259,6 +259,7 @@ class FakeObjects:
         self.calls.append(("release_lease", "Lease", namespace, name))
         if (self.leases.get((namespace, name)) or "").split("@")[0] == holder.split("@")[0]:
             del self.leases[namespace, name]
+            self._notify()
 
     async def patch_status(self, kind: str, namespace: str, name: str, status: JSON) -> None:
         self.calls.append(("patch_status", kind, namespace, name))

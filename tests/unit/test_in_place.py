@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -91,4 +92,43 @@ async def test_a_failure_at_any_step_before_the_swap_is_done_puts_everything_bac
     assert replicas(fake, "Deployment", "data-writer") == 1
     for name in CLAIMS:
         assert replicas(fake, "Deployment", name) == 1
+    assert fake.labelled(RESTORE_UID) == []
+
+
+async def test_the_leases_are_given_back_before_the_status_says_it_is_over() -> None:
+    fake = world()
+    held_when_over: list[dict[Any, str]] = []
+    write = fake.patch_status
+
+    async def patch_status(kind: str, namespace: str, name: str, status: JSON) -> None:
+        if status.get("phase") in ("Succeeded", "Failed"):
+            held_when_over.append(dict(fake.leases))
+        await write(kind, namespace, name, status)
+
+    fake.patch_status = patch_status  # type: ignore[method-assign]
+    status = await run(fake)
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert held_when_over == [{}]
+
+
+async def test_a_deletion_as_the_restore_gives_its_leases_back_does_not_keep_them() -> None:
+    fake = world()
+    restorer = Restorer(fake, IMAGE)
+    give_back = fake.release_lease
+    deletions: list[asyncio.Task[None]] = []
+    deleted = asyncio.Event()
+
+    async def release_lease(namespace: str, name: str, holder: str) -> None:
+        if not deletions:  # the user deletes the restore the moment it ends: its run is cancelled
+            deletions.append(asyncio.create_task(restorer.stop(REF, SPEC, {"phase": "Succeeded"})))
+            deleted.set()
+            await asyncio.sleep(0)  # the deletion's stop() cancels the run here
+            await asyncio.sleep(0)
+        await give_back(namespace, name, holder)
+
+    fake.release_lease = release_lease  # type: ignore[method-assign]
+    restorer.start(REF, SPEC, {})
+    await asyncio.wait_for(deleted.wait(), 5)
+    await asyncio.wait_for(deletions[0], 5)
+    await asyncio.wait_for(fake.until(lambda: fake.leases == {}), 5)
     assert fake.labelled(RESTORE_UID) == []

@@ -119,13 +119,14 @@ class InPlace:
                     log.warning("restore %s: Lease of %s not renewed: %s", self.ref.name, key, exc.message)
 
     async def release(self) -> None:
-        """Stop renewing and give every Lease back (one not given back expires)."""
+        """Stop renewing and give every Lease back (one not given back expires). Idempotent; a
+        cancellation (the restore deleted as it ends) does not stop the giving back."""
         if self._renewal is not None:
             self._renewal.cancel()
             await asyncio.gather(self._renewal, return_exceptions=True)
             self._renewal = None
-        await self._give_back(self._held)
-        self._held = []
+        held, self._held = self._held, []
+        await asyncio.shield(self._give_back(held))
 
     async def _give_back(self, keys: Iterable[str]) -> None:
         for key in keys:

@@ -211,6 +211,7 @@ class Restorer:
         stopped_at: float | None, plan: InPlacePlan | None = None,
     ) -> None:
         claims, writers = await steps.finish(spec.previous_volumes)
+        await steps.release()  # before the status says it is over
         seconds = round(time.monotonic() - started, 3)
         stopped = None if stopped_at is None else round(time.monotonic() - stopped_at, 3)
         kept = "kept (Released, Retain)" if spec.previous_volumes == "Retain" else "deleted"
@@ -234,6 +235,7 @@ class Restorer:
         await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason,
                                         f"{message}; rolling back")
         done = await steps.roll_back()
+        await steps.release()  # before the status says it is over
         text = f"{message}; {done}"
         await self._write(ref, {
             "phase": RestorePhase.FAILED, "completionTime": now(), "message": text,
