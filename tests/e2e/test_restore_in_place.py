@@ -128,7 +128,8 @@ def test_in_place_while_the_writer_runs_brings_back_exactly_the_cut(
     assert status["phase"] == "Succeeded", (status.get("message"), pods_of(kube, NAMESPACE), operator.tail())
     assert status["swapped"] is True
     assert {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]} == {
-        "Planned": ("True", "Planned"), "Restored": ("True", "Swapped")}
+        "Planned": ("True", "Planned"), "Proven": ("True", "ServicesStarted"),
+        "Restored": ("True", "Swapped")}
     assert 0 < status["writersStoppedSeconds"] < status["seconds"]
 
     # Every claim is on a volume restored from the group; the previous ones are kept, Released.

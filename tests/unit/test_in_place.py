@@ -49,6 +49,10 @@ async def run(fake: FakeObjects) -> JSON:
     return dict(fake.objects[RESTORE_KEY].get("status") or {})
 
 
+def conditions(status: JSON) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status.get("conditions") or []}
+
+
 def volume_of(fake: FakeObjects, claim: str) -> str:
     return str(fake.objects[("PersistentVolumeClaim", SOURCE, claim)]["spec"]["volumeName"])
 
@@ -73,6 +77,8 @@ async def test_in_place_swaps_every_claim_onto_its_restored_volume_and_starts_ev
         assert STOPPED_BY not in (workload["metadata"].get("annotations") or {})
     assert fake.labelled(RESTORE_UID) == []
     assert fake.leases == {}
+    assert conditions(status) == {"Planned": ("True", "Planned"), "Proven": ("True", "ServicesStarted"),
+                                  "Restored": ("True", "Swapped")}
 
 
 @pytest.mark.parametrize("step", ["scratch-claims", "proven", "writers-stopped", "services-stopped",
@@ -85,6 +91,9 @@ async def test_a_failure_at_any_step_before_the_swap_is_done_puts_everything_bac
     status = await run(fake)
     assert status["phase"] == "Failed"
     assert "rolled back" in status["message"], status["message"]
+    proven = step not in ("scratch-claims", "proven")
+    assert conditions(status) == {"Planned": ("True", "Planned"), "Restored": ("False", "FailpointInjected"),
+                                  **({"Proven": ("True", "ServicesStarted")} if proven else {})}
     for claim in CLAIMS.values():
         assert volume_of(fake, claim) == f"pvc-{claim}"
         previous = fake.objects[("PersistentVolume", "", f"pvc-{claim}")]

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from snapgroup import failpoints
@@ -43,7 +44,16 @@ from snapgroup.ports import ClusterObjects, StepError
 from .exclusion import LEASE_SECONDS, RENEW_EVERY, holder_title, restore_holder
 from .in_place_plan import InPlacePlan, Stopped
 from .restore_plan import RestoreRef, claims_of
-from .restore_steps import RestoreFailed, all_at_once, first_error, is_bound, is_ready, pod_ready, time_left
+from .restore_steps import (
+    RestoreFailed,
+    all_at_once,
+    condition,
+    first_error,
+    is_bound,
+    is_ready,
+    pod_ready,
+    time_left,
+)
 
 log = logging.getLogger("snapgroup.restore")
 JSON = dict[str, Any]
@@ -61,6 +71,18 @@ RETRY_PAUSES = (2.0, 5.0, 10.0, 30.0)
 PREVIOUS, RESTORED = "previous", "restored"
 WRITER, SERVICE = "writer", "service"
 _WORKLOADS = ("Deployment", "StatefulSet")
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What finishing a restore in place reports."""
+
+    claims: list[JSON]
+    """Status entries of the swapped claims."""
+    writers: list[JSON]
+    """Status entries of the writers running again."""
+    writers_back: float
+    """When the writers were running again (monotonic)."""
 
 
 class InPlace:
@@ -156,8 +178,9 @@ class InPlace:
                           for p in plan.proofs)
         await self._point("proven")
         await all_at_once(self._delete_and_wait("Pod", p["metadata"]["name"], deadline) for p in plan.proofs)
+        proven = "every service started on its restored claims: " + ", ".join(w.key for w in plan.services)
         await self.report({"message": "every service started on its restored claims; stopping writers",
-                           "proven": True})
+                           "conditions": [condition("Proven", "True", "ServicesStarted", proven)]})
         # Intent before effect: each previous volume is kept (Retain) and carries its claim.
         for swap in plan.swaps:
             meta = swap.replacement["metadata"]
@@ -180,7 +203,7 @@ class InPlace:
         await self._point("claims-released")
         for swap in plan.swaps:
             await self._bind(restored[swap.pvc], {**swap.replacement, "spec": {
-                **swap.replacement["spec"], "volumeName": restored[swap.pvc]}})
+                **swap.replacement["spec"], "volumeName": restored[swap.pvc]}}, deadline)
         await all_at_once(self.objects.wait("PersistentVolumeClaim", ns, s.pvc, is_bound, time_left(deadline))
                           for s in plan.swaps)
         await self._point("claims-swapped")
@@ -188,15 +211,16 @@ class InPlace:
         await self._point("services-started")
         return stopped_at
 
-    async def _finish_once(self, policy: PreviousVolumes, deadline: float) -> tuple[list[JSON], list[JSON]]:
+    async def _finish_once(self, policy: PreviousVolumes, deadline: float) -> Finished:
         await self._start(SERVICE, deadline)
         writers = await self._start(WRITER, deadline)
+        writers_back = time.monotonic()
         await self._point("writers-resumed")
         claims: list[JSON] = []
         for volume in await self.objects.list("PersistentVolume", "", self._selector):
             claims += await self._settle(volume, policy)
         await self._remove_made()
-        return claims, writers
+        return Finished(claims, writers, writers_back)
 
     async def _settle(self, volume: JSON, policy: PreviousVolumes) -> list[JSON]:
         annotations = volume["metadata"].get("annotations") or {}
@@ -230,10 +254,9 @@ class InPlace:
         replicas, ready; retried until done. Returns what it checked, in a sentence."""
         return await self._until_done("rolling back", self._roll_back_once)
 
-    async def finish(self, policy: PreviousVolumes) -> tuple[list[JSON], list[JSON]]:
+    async def finish(self, policy: PreviousVolumes) -> Finished:
         """After the point of no return: resume the writers, settle the volumes, remove what
-        the restore made; idempotent, retried until done. Returns the claims' and the writers'
-        status entries."""
+        the restore made; idempotent, retried until done."""
         return await self._until_done("finishing", lambda deadline: self._finish_once(policy, deadline))
 
     async def _until_done(self, doing: str, attempt: Callable[[float], Awaitable[T]]) -> T:
@@ -270,7 +293,7 @@ class InPlace:
                 await self._delete_and_wait("PersistentVolumeClaim", name, deadline)
                 await self._bind(volume["metadata"]["name"], {
                     "apiVersion": "v1", "kind": "PersistentVolumeClaim", **record,
-                    "spec": {**record["spec"], "volumeName": volume["metadata"]["name"]}})
+                    "spec": {**record["spec"], "volumeName": volume["metadata"]["name"]}}, deadline)
                 await self.objects.wait("PersistentVolumeClaim", ns, name, is_bound, time_left(deadline))
                 put_back.append(name)
             await self.objects.patch("PersistentVolume", "", volume["metadata"]["name"], {
@@ -342,8 +365,11 @@ class InPlace:
         await self._delete_and_wait("PersistentVolumeClaim", scratch, deadline)
         await self._delete_and_wait("PersistentVolumeClaim", claim, deadline)
 
-    async def _bind(self, volume: str, claim: JSON) -> None:
-        """Reserve the released volume for a claim of this name, and create that claim on it."""
+    async def _bind(self, volume: str, claim: JSON, deadline: float) -> None:
+        """Reserve the released volume for a claim of this name and, once the PV controller has
+        seen that (the volume turns Available), create the claim on it. The PV controller binds
+        a claim at its creation only if its cache holds the reservation; if not, only at its next
+        periodic sync (~15s more with the writers stopped)."""
         ns = self.ref.namespace
         name = claim["metadata"]["name"]
         done = await self.objects.patch("PersistentVolume", "", volume, {"spec": {"claimRef": {
@@ -351,6 +377,7 @@ class InPlace:
             "uid": None, "resourceVersion": None}}})
         if done is None:
             raise RestoreFailed("VolumeGone", f"PersistentVolume {volume} disappeared during the restore")
+        await self.objects.wait("PersistentVolume", "", volume, _reserved_for(ns, name), time_left(deadline))
         if await self.objects.create("PersistentVolumeClaim", ns, claim) is None:
             existing = await self.objects.get("PersistentVolumeClaim", ns, name)
             if ((existing or {}).get("spec") or {}).get("volumeName") != volume:
@@ -419,6 +446,16 @@ class InPlace:
         return [{"kind": w["kind"], "name": w["metadata"]["name"], "replicas": int(w["spec"]["replicas"]),
                  "readyReplicas": int((w.get("status") or {}).get("readyReplicas") or 0), "ready": True}
                 for w in ready]
+
+
+def _reserved_for(namespace: str, claim: str) -> Callable[[JSON], bool]:
+    """The volume is Available for that claim (or bound to it already)."""
+    def reserved(volume: JSON) -> bool:
+        ref = (volume.get("spec") or {}).get("claimRef") or {}
+        phase = (volume.get("status") or {}).get("phase")
+        return (ref.get("namespace"), ref.get("name")) == (namespace, claim) and phase in (
+            "Available", "Bound")
+    return reserved
 
 
 def _annotation(obj: JSON, key: str) -> str | None:

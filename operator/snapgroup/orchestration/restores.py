@@ -210,10 +210,11 @@ class Restorer:
         self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec, steps: InPlace, started: float,
         stopped_at: float | None, plan: InPlacePlan | None = None,
     ) -> None:
-        claims, writers = await steps.finish(spec.previous_volumes)
+        finished = await steps.finish(spec.previous_volumes)
+        claims, writers = finished.claims, finished.writers
         await steps.release()  # before the status says it is over
         seconds = round(time.monotonic() - started, 3)
-        stopped = None if stopped_at is None else round(time.monotonic() - stopped_at, 3)
+        stopped = None if stopped_at is None else round(finished.writers_back - stopped_at, 3)
         kept = "kept (Released, Retain)" if spec.previous_volumes == "Retain" else "deleted"
         message = (f"in place: {len(claims)} claim(s) on volumes restored from the group, services and "
                    f"writers running; previous volumes {kept}"
@@ -223,8 +224,7 @@ class Restorer:
             "phase": RestorePhase.SUCCEEDED, "completionTime": now(), "message": message, "claims": claims,
             "workloads": writers, **({"seconds": seconds} if plan is not None else {}),
             "writersStoppedSeconds": stopped,
-            "conditions": [*([condition("Planned", "True", "Planned", plan.summary())] if plan else []),
-                           condition("Restored", "True", "Swapped", message)],
+            "conditions": [condition("Restored", "True", "Swapped", message)],
         })
         await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Normal", "Restored", message)
 
@@ -397,7 +397,14 @@ class Restorer:
         await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason, message)
 
     async def _write(self, ref: RestoreRef, status: JSON) -> None:
+        """Patch the status; conditions replace those of their type, the others stay."""
         try:
+            if "conditions" in status:
+                current = await self.objects.get(KIND, ref.namespace, ref.name) or {}
+                new = {c["type"] for c in status["conditions"]}
+                kept = [c for c in (current.get("status") or {}).get("conditions") or []
+                        if c.get("type") not in new]
+                status = {**status, "conditions": [*kept, *status["conditions"]]}
             await self.objects.patch_status(KIND, ref.namespace, ref.name, status)
         except StepError as exc:
             if exc.reason != GROUP_GONE:
