@@ -1,5 +1,6 @@
 """The install's RBAC is sufficient: the operator, running with its ServiceAccount's token (not
-the admin kubeconfig), completes the bleater group. Minimality is checked in
+the admin kubeconfig), completes the bleater group, and a restore in place where the namespace
+consents (its label and a RoleBinding of snapgroup-restore-target). Minimality is checked in
 tests/cluster/test_install.py."""
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from cluster.sa_kubeconfig import service_account_kubeconfig
 from e2e.kube import Kube
 from e2e.operator_process import REPO, OperatorProcess
 from e2e.test_bleater_group import condition, sample
+from e2e.test_restore_clone import create_restore, wait_restore
+from e2e.test_restore_in_place import in_place
+from snapgroup.api.restore import RESTORE_TARGET_LABEL
 
 pytestmark = pytest.mark.cluster
 
@@ -40,4 +44,29 @@ def test_operator_with_its_service_account_completes_the_bleater_group(
         assert "Forbidden" not in confined.log_path.read_text(), confined.tail()
     finally:
         confined.stop()
+        operator.start()
+
+
+def test_operator_with_its_service_account_restores_in_place_where_the_namespace_consents(
+    installed: Path, operator: OperatorProcess, kube: Kube, group_name: str, tmp_path: Path,
+    local_cluster: Any,
+) -> None:
+    kube.create_group(sample(group_name))
+    assert kube.wait_group("bleater", group_name)["status"]["phase"] == "Succeeded"
+    operator.stop()
+    confined = OperatorProcess(installed, tmp_path / "operator-sa.log")
+    local_cluster.kubectl("label", "namespace", "bleater", f"{RESTORE_TARGET_LABEL}=bleater", "--overwrite")
+    local_cluster.kubectl("create", "rolebinding", "snapgroup-restore", "-n", "bleater",
+                          "--clusterrole=snapgroup-restore-target",
+                          "--serviceaccount=snapgroup-system:snapgroup")
+    try:
+        confined.start()
+        create_restore(kube, in_place(f"{group_name}-back", group_name, previous="Delete"))
+        status = wait_restore(kube, f"{group_name}-back")["status"]
+        assert status["phase"] == "Succeeded", (status.get("message"), confined.tail())
+        assert "Forbidden" not in confined.log_path.read_text(), confined.tail()
+    finally:
+        confined.stop()
+        local_cluster.kubectl("delete", "rolebinding", "snapgroup-restore", "-n", "bleater", check=False)
+        local_cluster.kubectl("label", "namespace", "bleater", f"{RESTORE_TARGET_LABEL}-", check=False)
         operator.start()
