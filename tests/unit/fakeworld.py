@@ -146,6 +146,8 @@ class World:
         self.violations: list[str] = []
         self.applying: dict[str, int] = {}
         """Targets with an apply call in flight, and how many."""
+        self.effects: Counter[str] = Counter()
+        """Side effects that changed the world, by what they did: each apply and each undo."""
         self.changed = asyncio.Condition()
         self._touches: set[asyncio.Future[None]] = set()
         self._numbers = 0
@@ -166,6 +168,22 @@ class World:
                   if s.in_backup]
         return found
 
+    def unbalanced(self) -> list[str]:
+        """Applies not undone exactly once: a writer isolated and resumed, a MongoDB lock taken
+        and released, a PostgreSQL backup started and stopped (by its session's end, too), as
+        many times each. Empty when every effect was undone exactly once."""
+        pairs = [(f"isolated {name}", f"resumed {name}") for name in self.workloads]
+        pairs += [("mongodb locked", "mongodb unlocked"),
+                  ("postgresql backup started", "postgresql backup stopped")]
+        return [f"{self.effects[done]} x {done}, {self.effects[undone]} x {undone}"
+                for done, undone in pairs if self.effects[done] != self.effects[undone]]
+
+    def end_backup(self, session: Any) -> None:
+        """A session's backup ends with the session (closed, terminated, its process gone)."""
+        if session.in_backup:
+            self.effects["postgresql backup stopped"] += 1
+        session.closed, session.in_backup = True, False
+
     def open_sessions(self) -> list[str]:
         """Database sessions still open (a leak once the run is over)."""
         return ([f"postgres session {s.number} ({s.application_name})" for s in self.pg_sessions
@@ -183,7 +201,7 @@ class World:
         """A process died: its connections close (a PostgreSQL backup ends with its session)."""
         for s in self.pg_sessions:
             if s.process == process:
-                s.closed, s.in_backup = True, False
+                self.end_backup(s)
         for table in (self.mongo_sessions, self.s3_sessions):
             for number in [n for n, p in table.items() if p == process]:
                 del table[number]
@@ -260,6 +278,10 @@ class WorldCluster:
             raise StepError("WorkloadNotFound", f"{kind} {name} does not exist")
         if replicas > 0 or any(v is None for v in annotations.values()):
             self.w.check_not_applying(f"workload:{name}", f"{name} restored")
+        if w.replicas > 0 and replicas == 0:
+            self.w.effects[f"isolated {name}"] += 1
+        elif w.replicas == 0 and replicas > 0:
+            self.w.effects[f"resumed {name}"] += 1
         w.replicas = replicas
         merge_patch(w.annotations, annotations)  # type: ignore[arg-type]
         if replicas == 0:
@@ -412,6 +434,7 @@ class WorldPostgres:
         if self.s.in_backup:
             raise StepError("BackupInProgress", "a backup is already in progress on this session")
         self.s.in_backup = True
+        self.w.effects["postgresql backup started"] += 1
         return "0/2000028"
 
     async def backup_stop(self) -> str:
@@ -420,6 +443,7 @@ class WorldPostgres:
         if not self.s.in_backup:
             raise StepError("BackupNotInProgress", "backup is not in progress")
         self.s.in_backup = False
+        self.w.effects["postgresql backup stopped"] += 1
         return BackupEnd("0/2000100", BACKUP_LABEL_TEXT, "")
 
     async def backup_wal(self, start: str, end: str, limit: int) -> BackupWal:
@@ -444,13 +468,13 @@ class WorldPostgres:
         others = [s for s in self.w.pg_sessions if s is not self.s and not s.closed
                   and s.application_name == application_name]
         for s in others:
-            s.closed, s.in_backup = True, False
+            self.w.end_backup(s)
         return len(others)
 
     async def close(self) -> None:
         if self.s.in_backup:
             self.w.check_not_applying("server:postgresql", "closing the backup's session")
-        self.s.closed, self.s.in_backup = True, False
+        self.w.end_backup(self.s)
 
 
 class WorldMongo:
@@ -469,6 +493,7 @@ class WorldMongo:
     async def fsync_lock(self) -> int:
         self._alive()
         self.w.mongo_locks += 1
+        self.w.effects["mongodb locked"] += 1
         return self.w.mongo_locks
 
     async def fsync_unlock(self) -> int:
@@ -477,6 +502,7 @@ class WorldMongo:
         if self.w.mongo_locks == 0:
             raise StepError("NotLocked", "fsyncUnlock called when not locked")
         self.w.mongo_locks -= 1
+        self.w.effects["mongodb unlocked"] += 1
         return self.w.mongo_locks
 
     async def is_locked(self) -> bool:
