@@ -287,12 +287,15 @@ class Chaos:
         if fault in ("operator-sigkill", "leader-kill"):
             leader = self.replicas.leader()
             running = self.group_running(name)
-            leader.kill()
             assert leader.process is not None
-            killed = leader.process.returncode == -9
+            victim = leader.process.pid
+            leader.kill()
+            code = leader.process.returncode
+            killed = code == -9
             if fault == "operator-sigkill":
                 leader.start()
-                return killed and running, f"leader pid {leader.process.pid} SIGKILLed, restarted"
+                return killed and running, (f"leader pid {victim} ended with {code} (SIGKILL is -9), "
+                                            f"restarted as pid {leader.process.pid}")
             other = next(p for p in self.replicas.processes if p is not leader)
             took = self.wait_leading(other, 60)
             leader.start()

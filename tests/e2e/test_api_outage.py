@@ -22,6 +22,8 @@ from e2e.faults import (
     WRITER,
     FaultOutcome,
     assert_nothing_frozen_or_lost,
+    assert_records_kept,
+    read_records,
     record,
     stop_component,
     wait_journal,
@@ -48,6 +50,7 @@ def test_api_server_restart_inside_the_window_ends_succeeded(
 ) -> None:
     replicas = kube.replicas("bleater", WRITER)
     bleater.wait_new_records(0)
+    before = read_records(bleater)
     operator = armed("apply:service:minio=pause:1")
     retried_before = retries(operator)
     kube.create_group(sample(group_name))
@@ -73,6 +76,7 @@ def test_api_server_restart_inside_the_window_ends_succeeded(
     assert status["snapshotsReady"] == "3/3"
     back = wait_writer_back(kube, replicas, killed_at)
     assert_nothing_frozen_or_lost(kube, bleater, replicas)
+    assert_records_kept(bleater, before)
     print(f"API server down/restarting {outage:.1f}s inside the window; the operator retried "
           f"{retried:.0f} request(s), e.g. {failed_calls[0][-160:]}")
     record(FaultOutcome("API server restarted inside the window (ridden through)", status["phase"],
