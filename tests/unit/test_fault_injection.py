@@ -38,6 +38,8 @@ from typing import Any
 import pytest
 
 import snapgroup.hooks.builtin  # noqa: F401 - registers the real hook types
+from snapgroup import metrics
+from snapgroup.api.labels import ISOLATED_BY
 from snapgroup.api.snapshotgroup import HookState, Phase, SnapshotGroupSpec, SnapshotGroupStatus
 from snapgroup.hooks import mongodb
 from snapgroup.orchestration import journal, window
@@ -359,6 +361,7 @@ def check_snapshots(s: Scenario, status: SnapshotGroupStatus) -> None:
 async def test_a_fault_at_any_call_leaves_nothing_held_and_a_true_status(
     call: Call, kind: str
 ) -> None:
+    metrics.ISOLATED.observed(set())  # the gauge is the process's: each case starts at zero
     injector = Injector(call)
     s = await play(injector, KINDS[kind])
 
@@ -370,15 +373,24 @@ async def test_a_fault_at_any_call_leaves_nothing_held_and_a_true_status(
     status = SnapshotGroupStatus.model_validate(s.status())
     assert status.phase.terminal, f"the group ended {status.phase.value}: {status.message}"
     held = s.world.held()
-    check_world_against_status(s, status, held, f"{call.index:03d}-{call.name}-{kind}")
+    case = f"{call.index:03d}-{call.name}-{kind}"
+    check_world_against_status(s, status, held, case)
     if kind not in ("crash", "crash-after-effect", "stopped"):
         assert s.world.open_sessions() == [], "database sessions leaked"
+        # The isolated-writers gauge counts what is really still isolated, also after a failed
+        # undo; a restore it could not read back (UNCONFIRMED) it counts as isolated, as the
+        # status says, until the safety net looks.
+        isolated = [w.name for w in s.world.workloads.values()
+                    if w.replicas == 0 or ISOLATED_BY in w.annotations]
+        unconfirmed = 1 if UNCONFIRMED and UNCONFIRMED[-1] == case else 0
+        assert metrics.WRITERS_ISOLATED._value.get() == len(isolated) + unconfirmed, (isolated, held)
     check_snapshots(s, status)
 
     s.start_process(None)  # the fault has passed: the ports answer again
     await SafetyNet(s.process.cluster, s.process.connectors).repair_once()
     assert s.world.held() == [], "the safety net left something held"
     assert s.world.unbalanced() == [], "a side effect was not undone exactly once"
+    assert metrics.WRITERS_ISOLATED._value.get() == 0, "the gauge counts a writer no longer isolated"
     RAN.append(f"{call.index}:{kind}")
 
 

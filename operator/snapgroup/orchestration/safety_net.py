@@ -93,10 +93,14 @@ class SafetyNet:
             f"{w.namespace}/{workload_target(w.kind, w.name)}"
             for w in workloads
         })
-        repairs = [
-            repair for w in workloads
-            if (repair := await self._repair_workload(w, states)) is not None
-        ]
+        repairs = []
+        for w in workloads:
+            repair = await self._repair_workload(w, states)
+            if repair is None:
+                continue
+            repairs.append(repair)
+            if repair.ok:  # restored and checked: no longer isolated, as of now
+                metrics.ISOLATED.ended(w.namespace, [workload_target(w.kind, w.name)])
         for record in await self.cluster.list_lease_records():
             repair = await self._repair_server(record, states)
             if repair is not None:
