@@ -444,6 +444,12 @@ async def _restore(runtime: Runtime, args: argparse.Namespace, spec: SnapshotGro
         return EXIT_OK
     body = {"apiVersion": API_VERSION, "kind": RESTORE_KIND, "metadata": {"name": name}, "spec": spec.wire()}
     if await runtime.objects.create(RESTORE_KIND, args.namespace, body) is None:
+        existing = await runtime.objects.get(RESTORE_KIND, args.namespace, name) or {}
+        phase = (existing.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            print(f"{RESTORE_KIND} {args.namespace}/{name} exists already and {phase}: nothing was done; "
+                  "give a new one a --name (or delete that one)", file=sys.stderr)
+            return EXIT_FAILED
         print(f"{RESTORE_KIND} {args.namespace}/{name} exists already; following it", file=sys.stderr)
     seen: list[str] = []
 

@@ -230,6 +230,10 @@ def test_a_restore_in_place_needs_the_right_to_replace_claims_and_stop_workloads
     assert f"may not delete persistentvolumeclaims in {namespace}" in message and "spec.inPlace" in message
     message = users.refused("restore-only", restore(namespace, inPlace=True), RESTORE_POLICY)
     assert f"may not get secrets in {namespace}" in message
+    # Having the previous volumes deleted needs the right to delete volumes oneself.
+    message = users.refused("replacer", restore(namespace, inPlace=True, previousVolumes="Delete"),
+                            RESTORE_POLICY)
+    assert "may not delete persistentvolumes" in message and "spec.previousVolumes" in message
 
 
 def test_a_clone_needs_the_right_to_create_its_objects_in_the_target(users: Users) -> None:

@@ -199,6 +199,8 @@ def test_operator_pod_is_admitted_under_restricted_pod_security(
         ("list", "volumesnapshotclasses.snapshot.storage.k8s.io", None),
         ("list", "persistentvolumeclaims", WATCHED),
         ("get", "persistentvolumes", None),
+        ("watch", "persistentvolumes", None),
+        ("patch", "persistentvolumes", None),
         ("get", "storageclasses.storage.k8s.io", None),
         ("get", "secrets", WATCHED),
         ("watch", "pods", WATCHED),

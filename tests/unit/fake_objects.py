@@ -63,6 +63,8 @@ class FakeObjects:
         """Each created object's body as the caller sent it."""
         self.deleted: list[Key] = []
         """Objects a delete removed, in order (deletes of absent objects are not listed)."""
+        self.protected: set[tuple[str, str]] = set()
+        """Claims (namespace, name) a pod nobody stops mounts (see `in_use`)."""
         self.reclaimed: list[Key] = []
         """Volumes the pretend controller deleted after their claim went (reclaim policy Delete)."""
         self.patches: list[JSON] = []
@@ -181,16 +183,34 @@ class FakeObjects:
             self._in_flight -= 1
             self._notify()
 
+    def in_use(self, claim: str, namespace: str) -> None:
+        """A pod nobody stops mounts the claim: a delete only marks it (pvc-protection)."""
+        self.protected.add((namespace, claim))
+
+    def unused(self, claim: str, namespace: str) -> None:
+        """That pod ended: a claim marked for deletion goes now."""
+        self.protected.discard((namespace, claim))
+        key = self._key("PersistentVolumeClaim", namespace, claim)
+        if (self.objects.get(key) or {}).get("metadata", {}).get("deletionTimestamp"):
+            self._gone(key, self.objects.pop(key))
+
     async def delete(self, kind: str, namespace: str, name: str) -> None:
         self.calls.append(("delete", kind, namespace, name))
         key = self._key(kind, namespace, name)
+        if kind == "PersistentVolumeClaim" and (namespace, name) in self.protected and key in self.objects:
+            self.objects[key]["metadata"]["deletionTimestamp"] = "2026-12-03T00:00:00Z"
+            self._notify()
+            return
         gone = self.objects.pop(key, None)
         if gone is not None:
-            self.deleted.append(key)
-            if kind == "PersistentVolumeClaim":
-                self._release(gone)
-            asyncio.get_running_loop().call_soon(self._reconcile)
-            self._notify()
+            self._gone(key, gone)
+
+    def _gone(self, key: Key, gone: JSON) -> None:
+        self.deleted.append(key)
+        if key[0] == "PersistentVolumeClaim":
+            self._release(gone)
+        asyncio.get_running_loop().call_soon(self._reconcile)
+        self._notify()
 
     def _release(self, claim: JSON) -> None:
         """The volume a deleted claim was bound to: Released, or gone with reclaim policy Delete."""

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
 import pytest
 
 from snapgroup import failpoints
-from snapgroup.api.restore import RESTORE_TARGET_LABEL, STOPPED_BY
+from snapgroup.api.restore import RESTORE_TARGET_LABEL, RESTORE_UID_LABEL, STOPPED_BY
+from snapgroup.orchestration import in_place
 from snapgroup.orchestration.restores import Restorer
+from snapgroup.ports import StepError
 from unit.fake_objects import FakeObjects
 from unit.restore_world import (
     CLAIMS,
@@ -141,3 +144,113 @@ async def test_a_deletion_as_the_restore_gives_its_leases_back_does_not_keep_the
     await asyncio.wait_for(deletions[0], 5)
     await asyncio.wait_for(fake.until(lambda: fake.leases == {}), 5)
     assert fake.labelled(RESTORE_UID) == []
+
+
+def message(fake: FakeObjects) -> str:
+    return str((fake.objects[RESTORE_KEY].get("status") or {}).get("message") or "")
+
+
+async def test_a_claim_a_pod_nobody_stops_holds_keeps_its_previous_volume_until_it_is_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(in_place, "ATTEMPT_TIMEOUT", 0.5)
+    monkeypatch.setattr(in_place, "RETRY_PAUSES", (0.05,))
+    fake = world()
+    claim = CLAIMS["postgres"]
+    fake.in_use(claim, SOURCE)  # a bare pod mounts it: deleting it only marks it
+    task = asyncio.create_task(Restorer(fake, IMAGE).run(REF, {**SPEC, "timeout": "2s"}))
+    await asyncio.wait_for(fake.until(lambda: "rolling back: attempt" in message(fake)), 10)
+    # The rollback cannot put the claim back while it is on its way out: the volume with the
+    # data stays kept and marked (never given back to its Delete policy).
+    previous = fake.objects[("PersistentVolume", "", f"pvc-{claim}")]
+    assert previous["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+    assert previous["metadata"]["labels"][RESTORE_UID_LABEL] == RESTORE_UID
+    assert fake.objects[("PersistentVolumeClaim", SOURCE, claim)]["metadata"]["deletionTimestamp"]
+    fake.unused(claim, SOURCE)  # the pod ended
+    await asyncio.wait_for(task, 10)
+    status = dict(fake.objects[RESTORE_KEY]["status"])
+    assert status["phase"] == "Failed"
+    for name in CLAIMS.values():
+        assert volume_of(fake, name) == f"pvc-{name}"
+        assert fake.objects[("PersistentVolume", "", f"pvc-{name}")]["spec"][
+            "persistentVolumeReclaimPolicy"] == "Delete"
+    back = status["message"].split("rolled back: claims ", 1)[1].split(" back on")[0]
+    assert sorted(back.split(", ")) == sorted(CLAIMS.values()), status["message"]
+    assert fake.labelled(RESTORE_UID) == []
+
+
+async def test_a_rollback_goes_on_when_its_status_cannot_be_written() -> None:
+    fake = world()
+    failpoints._POINTS[f"restore:{RESTORE}:services-stopped"] = "fail"
+    write = fake.patch_status
+    refused: list[str] = []
+
+    async def patch_status(kind: str, namespace: str, name: str, status: JSON) -> None:
+        if "rolling back" in str(status.get("message")) and len(refused) < 3:
+            refused.append(str(status["message"]))
+            raise StepError("KubernetesApiError", "HTTP 503: the API server is away")
+        await write(kind, namespace, name, status)
+
+    fake.patch_status = patch_status  # type: ignore[method-assign]
+    try:
+        status = await run(fake)
+    finally:
+        del failpoints._POINTS[f"restore:{RESTORE}:services-stopped"]
+    assert refused, "the fault never happened"
+    assert status["phase"] == "Failed", status
+    for name in CLAIMS.values():
+        assert volume_of(fake, name) == f"pvc-{name}"
+    assert replicas(fake, "Deployment", "data-writer") == 1
+    assert fake.labelled(RESTORE_UID) == []
+
+
+async def test_a_lease_taken_by_another_stops_the_restore_before_it_swaps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(in_place, "RENEW_EVERY", 0.01)
+    monkeypatch.setitem(failpoints._POINTS, f"restore:{RESTORE}:proven", "pause:0.2")  # renewals meanwhile
+    fake = world()
+    taken: list[Any] = []
+    renew = fake.acquire_lease
+
+    async def acquire_lease(namespace: str, name: str, holder: str, seconds: int,
+                            labels: dict[str, str] | None = None) -> str | None:
+        if labels is None and not taken:  # a renewal: the Lease expired in an outage, a group took it
+            taken.append(name)
+            fake.leases[namespace, name] = "nightly/uid-9@snapgroup-other"
+        return await renew(namespace, name, holder, seconds, labels)
+
+    fake.acquire_lease = acquire_lease  # type: ignore[method-assign]
+    status = await run(fake)
+    assert taken, "the fault never happened"
+    assert status["phase"] == "Failed", status
+    assert "LeaseLost" in {c["reason"] for c in status["conditions"]}, status["conditions"]
+    for name in CLAIMS.values():
+        assert volume_of(fake, name) == f"pvc-{name}"
+
+
+async def test_a_workload_is_marked_stopped_until_it_is_ready_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(failpoints._POINTS, f"restore:{RESTORE}:writers-resumed", "fail")
+    fake = world()
+    seen: list[JSON] = []
+    wait = fake.wait
+
+    async def watch(kind: str, namespace: str, name: str, done: Any, timeout: float) -> JSON:
+        if kind == "Deployment" and name == "data-writer":
+            annotations = fake.objects[(kind, namespace, name)]["metadata"].get("annotations") or {}
+            seen.append(copy.deepcopy(annotations))
+        return await wait(kind, namespace, name, done, timeout)
+
+    fake.wait = watch  # type: ignore[method-assign]
+    monkeypatch.setattr(in_place, "RETRY_PAUSES", (0.01,))
+    task = asyncio.create_task(run(fake))
+    await asyncio.wait_for(fake.until(lambda: "finishing: attempt 1 failed" in message(fake)), 10)
+    failpoints._POINTS.pop(f"restore:{RESTORE}:writers-resumed")
+    status = await asyncio.wait_for(task, 10)
+    assert status["phase"] == "Succeeded", status
+    # While the writer was waited on to be ready, it still said who stopped it.
+    assert seen and all(a.get(STOPPED_BY) == RESTORE_UID for a in seen), seen
+    writer = fake.objects[("Deployment", SOURCE, "data-writer")]
+    assert STOPPED_BY not in (writer["metadata"].get("annotations") or {})

@@ -17,6 +17,7 @@ step of it is idempotent and tolerates what never happened. It runs until it is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -95,6 +96,10 @@ class InPlace:
         self.report = report
         self._held: list[str] = []
         self._renewal: asyncio.Task[None] | None = None
+        self._lost: str | None = None
+        """Who took a Lease this restore held (it expired in an outage), if anyone."""
+        self._put_back: set[str] = set()
+        """Claims this process put back on their previous volumes, over every rollback attempt."""
 
     # -- exclusion ------------------------------------------------------------------------------
 
@@ -135,8 +140,11 @@ class InPlace:
             await asyncio.sleep(RENEW_EVERY)
             for key in self._held:
                 try:
-                    await self.objects.acquire_lease(self.ref.namespace, lease_name(key), self.holder,
-                                                     LEASE_SECONDS)
+                    other = await self.objects.acquire_lease(self.ref.namespace, lease_name(key),
+                                                             self.holder, LEASE_SECONDS)
+                    if other is not None and self._lost is None:
+                        log.error("restore %s: the Lease of %s is held by %s now", self.ref.name, key, other)
+                        self._lost = other
                 except StepError as exc:  # an outage: next period
                     log.warning("restore %s: Lease of %s not renewed: %s", self.ref.name, key, exc.message)
 
@@ -166,17 +174,21 @@ class InPlace:
         for secret in plan.secrets:
             await self._create("Secret", secret)
         await all_at_once(self._create("PersistentVolumeClaim", s.scratch) for s in plan.swaps)
-        await self._point("scratch-claims")
+        await self._step("scratch-claims")
         scratch = await all_at_once(
             self.objects.wait("PersistentVolumeClaim", ns, s.scratch["metadata"]["name"], is_bound,
                               time_left(deadline)) for s in plan.swaps)
         restored = {s.pvc: str(c["spec"]["volumeName"]) for s, c in zip(plan.swaps, scratch, strict=True)}
+        for swap in plan.swaps:
+            # Found again by label whatever happens next; once swapped it takes the previous
+            # volume's reclaim policy, as the claim's volume did before.
+            await self._mark_volume(restored[swap.pvc], RESTORED, swap.previous_reclaim_policy)
         await self.report({"message": "proving every service starts on its restored claims",
                            "claims": _claims(plan, restored)})
         await all_at_once(self._create("Pod", pod) for pod in plan.proofs)
         await all_at_once(self.objects.wait("Pod", ns, p["metadata"]["name"], pod_ready, time_left(deadline))
                           for p in plan.proofs)
-        await self._point("proven")
+        await self._step("proven")
         await all_at_once(self._delete_and_wait("Pod", p["metadata"]["name"], deadline) for p in plan.proofs)
         proven = "every service started on its restored claims: " + ", ".join(w.key for w in plan.services)
         await self.report({"message": "every service started on its restored claims; stopping writers",
@@ -191,24 +203,20 @@ class InPlace:
                                     json.dumps(record, sort_keys=True))
         stopped_at = time.monotonic()
         await self._stop(plan.writers, WRITER, deadline)
-        await self._point("writers-stopped")
+        await self._step("writers-stopped")
         await self._stop(plan.services, SERVICE, deadline)
-        await self._point("services-stopped")
-        for swap in plan.swaps:
-            volume = await self.objects.get("PersistentVolume", "", restored[swap.pvc])
-            policy = str(((volume or {}).get("spec") or {}).get("persistentVolumeReclaimPolicy") or "Delete")
-            await self._mark_volume(restored[swap.pvc], RESTORED, policy)
+        await self._step("services-stopped")
         await all_at_once(self._release_claims(s.scratch["metadata"]["name"], s.pvc, deadline)
                           for s in plan.swaps)
-        await self._point("claims-released")
+        await self._step("claims-released")
         for swap in plan.swaps:
             await self._bind(restored[swap.pvc], {**swap.replacement, "spec": {
                 **swap.replacement["spec"], "volumeName": restored[swap.pvc]}}, deadline)
         await all_at_once(self.objects.wait("PersistentVolumeClaim", ns, s.pvc, is_bound, time_left(deadline))
                           for s in plan.swaps)
-        await self._point("claims-swapped")
+        await self._step("claims-swapped")
         await self._start(SERVICE, deadline)
-        await self._point("services-started")
+        await self._step("services-started")
         return stopped_at
 
     async def _finish_once(self, policy: PreviousVolumes, deadline: float) -> Finished:
@@ -270,8 +278,9 @@ class InPlace:
                 tries += 1
                 log.warning("restore %s: %s, attempt %d failed (%s); again in %.0fs",
                             self.ref.name, doing, tries, exc, pause)
-                await self.report({"message": f"{doing}: attempt {tries} failed ({exc}); "
-                                              f"trying again in {pause:.0f}s"})
+                with contextlib.suppress(StepError):  # the news is lost in an outage; the work is not
+                    await self.report({"message": f"{doing}: attempt {tries} failed ({exc}); "
+                                                  f"trying again in {pause:.0f}s"})
                 await asyncio.sleep(pause)  # back-off between attempts at a failing API
 
     async def _roll_back_once(self, deadline: float) -> str:
@@ -280,14 +289,17 @@ class InPlace:
             await self._delete_and_wait("Pod", pod["metadata"]["name"], deadline)
         volumes = await self.objects.list("PersistentVolume", "", self._selector)
         previous = [v for v in volumes if _annotation(v, VOLUME_ROLE) == PREVIOUS]
-        put_back: list[str] = []
         for volume in previous:
             record = json.loads(_annotation(volume, VOLUME_CLAIM) or "{}")
             name = (record.get("metadata") or {}).get("name")
             if not name:
                 continue
             claim = await self.objects.get("PersistentVolumeClaim", ns, name)
-            if claim is None or (claim.get("spec") or {}).get("volumeName") != volume["metadata"]["name"]:
+            leaving = claim is not None and bool(claim["metadata"].get("deletionTimestamp"))
+            on_it = ((claim or {}).get("spec") or {}).get("volumeName") == volume["metadata"]["name"]
+            if leaving or not on_it:
+                # A claim being deleted (held by a pod the restore does not stop) is not back:
+                # the volume stays kept and marked until it is gone and bound again.
                 # Nothing may run on the claim while it goes back: stop whatever mounts it.
                 await self._stop(await self._mounting(name), SERVICE, deadline)
                 await self._delete_and_wait("PersistentVolumeClaim", name, deadline)
@@ -295,7 +307,7 @@ class InPlace:
                     "apiVersion": "v1", "kind": "PersistentVolumeClaim", **record,
                     "spec": {**record["spec"], "volumeName": volume["metadata"]["name"]}}, deadline)
                 await self.objects.wait("PersistentVolumeClaim", ns, name, is_bound, time_left(deadline))
-                put_back.append(name)
+                self._put_back.add(name)
             await self.objects.patch("PersistentVolume", "", volume["metadata"]["name"], {
                 **_unmarked(volume["metadata"].get("annotations") or {}),
                 "spec": {"persistentVolumeReclaimPolicy": _annotation(volume, VOLUME_RECLAIM) or "Delete"}})
@@ -306,8 +318,9 @@ class InPlace:
         services = await self._start(SERVICE, deadline)
         writers = await self._start(WRITER, deadline)
         back = ", ".join(f"{w['kind']}/{w['name']}" for w in [*services, *writers])
+        put_back = sorted(self._put_back)
         claims = f"claims {', '.join(put_back)} back on their previous volumes" if put_back else \
-            "every claim still on its own volume"
+            "every claim on its previous volume"
         return f"rolled back: {claims}" + (f"; {back} running again, ready" if back else "")
 
     async def _discard(self, volume: JSON) -> None:
@@ -336,6 +349,13 @@ class InPlace:
 
     async def _point(self, step: str) -> None:
         await failpoints.reached(f"restore:{self.ref.name}:{step}")
+
+    async def _step(self, step: str) -> None:
+        """A step of the forward run is done: go on only while every Lease is still held."""
+        if self._lost is not None:
+            raise RestoreFailed("LeaseLost", f"{holder_title(self._lost)} took a Lease of this restore "
+                                "(it could not be renewed in time)")
+        await self._point(step)
 
     async def _create(self, kind: str, body: JSON) -> None:
         ns = self.ref.namespace
@@ -426,23 +446,29 @@ class InPlace:
 
     async def _start(self, role: str, deadline: float) -> list[JSON]:
         """Give every workload this restore stopped in this role its replicas back (unless someone
-        scaled it meanwhile: theirs stands) and wait until it is ready."""
+        scaled it meanwhile: theirs stands) and wait until it is ready; only then does its
+        stopped-by annotation go, so an attempt cut short finds it again and waits again."""
         ns = self.ref.namespace
+        stopped: list[tuple[str, str]] = []
         started: list[tuple[str, str]] = []
         for kind in _WORKLOADS:
             for workload in await self.objects.list(kind, ns):
                 annotations = workload["metadata"].get("annotations") or {}
                 if annotations.get(STOPPED_BY) != self.ref.uid or annotations.get(STOPPED_AS) != role:
                     continue
-                patch: JSON = {"metadata": {"annotations": {STOPPED_BY: None, STOPPED_AS: None,
-                                                             STOPPED_REPLICAS: None}}}
+                name = workload["metadata"]["name"]
+                stopped.append((kind, name))
+                done: JSON | None = workload
                 if int(workload["spec"].get("replicas", 0)) == 0:
-                    patch["spec"] = {"replicas": int(annotations.get(STOPPED_REPLICAS) or 1)}
-                done = await self.objects.patch(kind, ns, workload["metadata"]["name"], patch)
+                    done = await self.objects.patch(kind, ns, name, {"spec": {
+                        "replicas": int(annotations.get(STOPPED_REPLICAS) or "1")}})
                 if done is not None and int(done["spec"].get("replicas", 0)) > 0:
-                    started.append((kind, workload["metadata"]["name"]))
+                    started.append((kind, name))
         ready = await all_at_once(self.objects.wait(kind, ns, name, is_ready, time_left(deadline))
                                   for kind, name in started)
+        for kind, name in stopped:
+            await self.objects.patch(kind, ns, name, {"metadata": {"annotations": {
+                STOPPED_BY: None, STOPPED_AS: None, STOPPED_REPLICAS: None}}})
         return [{"kind": w["kind"], "name": w["metadata"]["name"], "replicas": int(w["spec"]["replicas"]),
                  "readyReplicas": int((w.get("status") or {}).get("readyReplicas") or 0), "ready": True}
                 for w in ready]

@@ -204,7 +204,9 @@ def _swap(
         "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
         "volumeMode": spec.get("volumeMode") or "Filesystem",
         "resources": {"requests": {"storage": size}},
-        **({"storageClassName": spec["storageClassName"]} if spec.get("storageClassName") else {}),
+        # "" (no class: static volumes only) is kept: without it the default class would apply.
+        **({"storageClassName": spec["storageClassName"]} if spec.get("storageClassName") is not None
+           else {}),
     }
     scratch = {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",

@@ -11,6 +11,7 @@ to the previous volumes and workloads; after it, the restore only goes forward.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -18,7 +19,13 @@ from typing import Any
 
 from snapgroup import failpoints
 from snapgroup.api.base import parse_duration
-from snapgroup.api.restore import KIND, RESTORE_UID_LABEL, RestorePhase, SnapshotGroupRestoreSpec
+from snapgroup.api.restore import (
+    KIND,
+    RESTORE_UID_LABEL,
+    PreviousVolumes,
+    RestorePhase,
+    SnapshotGroupRestoreSpec,
+)
 from snapgroup.api.snapshotgroup import KIND as GROUP_KIND
 from snapgroup.hooks.restore_prep import prepare_restore
 from snapgroup.ports import GROUP_GONE, ClusterObjects, PlanError, StepError
@@ -41,6 +48,8 @@ from .restore_steps import (
 log = logging.getLogger("snapgroup.restore")
 JSON = dict[str, Any]
 
+WRITE_PAUSES = (1.0, 2.0, 5.0, 10.0)
+"""Pauses between tries of a status write that must land; the last one repeats."""
 CLEANUP_TIMEOUT = 120.0
 """How long removing a failed restore's objects may take."""
 _CLEANUP_ORDER = ("Deployment", "StatefulSet", "Service", "Secret", "ConfigMap", "PersistentVolumeClaim",
@@ -186,6 +195,7 @@ class Restorer:
             try:
                 async with asyncio.timeout(budget):
                     await steps.hold(plan.targets, started + budget)
+                    plan = await self._planned_again(ref, spec, plan)
                     stopped_at = await first_error(steps.run(plan, started + budget))
             except (StepError, RestoreFailed, TimeoutError, failpoints.Injected) as exc:
                 reason = getattr(exc, "reason", "FailpointInjected" if isinstance(exc, failpoints.Injected)
@@ -200,18 +210,33 @@ class Restorer:
                 log.exception("restore %s/%s failed", ref.namespace, ref.name)
                 await self._roll_back(ref, steps, "InternalError", f"{type(exc).__name__}: {exc}", started)
                 return
-            await self._write(ref, {"swapped": True,
-                                    "message": "the services answer on the restored data; resuming writers"})
+            await self._write_surely(ref, {
+                "swapped": True, "message": "the services answer on the restored data; resuming writers"})
             await self._finish_in_place(ref, spec, steps, started, stopped_at, plan)
         finally:
             await steps.release()
+
+    async def _planned_again(self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec,
+                             planned: InPlacePlan) -> InPlacePlan:
+        """The plan again once the Leases are held: nothing changes the targets from here on, and
+        what the restore swaps is what the world holds now (a restore that ran while this one
+        waited has moved the claims to other volumes)."""
+        try:
+            fresh = await self.plan_in_place(ref, spec)
+        except PlanError as exc:
+            raise RestoreFailed(exc.reason, f"{exc.field_path}: {exc.message}") from None
+        grown = sorted(set(fresh.targets) - set(planned.targets))
+        if grown:
+            raise RestoreFailed("TargetsChanged", f"while the restore waited its turn, {', '.join(grown)} "
+                                "came to belong to it; apply it again to plan anew")
+        return fresh
 
     async def _finish_in_place(
         self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec, steps: InPlace, started: float,
         stopped_at: float | None, plan: InPlacePlan | None = None,
     ) -> None:
         finished = await steps.finish(spec.previous_volumes)
-        claims, writers = finished.claims, finished.writers
+        claims, writers = await self._swapped_claims(ref, spec, finished.claims), finished.writers
         await steps.release()  # before the status says it is over
         seconds = round(time.monotonic() - started, 3)
         stopped = None if stopped_at is None else round(finished.writers_back - stopped_at, 3)
@@ -220,24 +245,42 @@ class Restorer:
                    f"writers running; previous volumes {kept}"
                    + (f"; writers stopped {stopped:.1f}s" if stopped is not None else "")
                    + (f"; {seconds:.1f}s in all" if plan is not None else ""))
-        await self._write(ref, {
+        await self._write_surely(ref, {
             "phase": RestorePhase.SUCCEEDED, "completionTime": now(), "message": message, "claims": claims,
             "workloads": writers, **({"seconds": seconds} if plan is not None else {}),
             "writersStoppedSeconds": stopped,
             "conditions": [condition("Restored", "True", "Swapped", message)],
         })
-        await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Normal", "Restored", message)
+        with contextlib.suppress(StepError):  # the status says it; the Event is news
+            await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Normal", "Restored",
+                                            message)
+
+    async def _swapped_claims(self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec,
+                              settled: list[JSON]) -> list[JSON]:
+        """Every swapped claim's entry: those settled now, and those a finish cut short had
+        settled before (the status listed them when the swap began)."""
+        try:
+            current = await self.objects.get(KIND, ref.namespace, ref.name) or {}
+        except StepError:
+            return settled
+        kept = spec.previous_volumes == PreviousVolumes.RETAIN
+        entries = {c["pvc"]: {**c, "previousVolumeKept": kept}
+                   for c in (current.get("status") or {}).get("claims") or []}
+        return list((entries | {c["pvc"]: c for c in settled}).values())
 
     async def _roll_back(
         self, ref: RestoreRef, steps: InPlace, reason: str, message: str, started: float
     ) -> None:
-        await self._write(ref, {"message": f"{message}; rolling back"})
-        await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason,
-                                        f"{message}; rolling back")
+        try:  # news only: the rollback must not wait for it
+            await self._write(ref, {"message": f"{message}; rolling back"})
+            await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason,
+                                            f"{message}; rolling back")
+        except StepError as exc:
+            log.warning("restore %s/%s: rolling back, not recorded (%s)", ref.namespace, ref.name, exc)
         done = await steps.roll_back()
         await steps.release()  # before the status says it is over
         text = f"{message}; {done}"
-        await self._write(ref, {
+        await self._write_surely(ref, {
             "phase": RestorePhase.FAILED, "completionTime": now(), "message": text,
             "seconds": round(time.monotonic() - started, 3),
             "conditions": [condition("Restored", "False", reason, text)],
@@ -395,6 +438,21 @@ class Restorer:
             "conditions": [condition("Planned", "False", reason, message)],
         })
         await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason, message)
+
+    async def _write_surely(self, ref: RestoreRef, status: JSON) -> None:
+        """A status write the world already depends on (swapped, or the end): retried until it
+        lands (or the restore is gone), since a restarted operator acts on what it says."""
+        tries = 0
+        while True:
+            try:
+                await self._write(ref, status)
+                return
+            except StepError as exc:
+                pause = WRITE_PAUSES[min(tries, len(WRITE_PAUSES) - 1)]
+                tries += 1
+                log.warning("restore %s/%s: status not written (%s); again in %.0fs",
+                            ref.namespace, ref.name, exc, pause)
+                await asyncio.sleep(pause)  # back-off while the API server is away
 
     async def _write(self, ref: RestoreRef, status: JSON) -> None:
         """Patch the status; conditions replace those of their type, the others stay."""
