@@ -388,6 +388,9 @@ def test_namespaced_token_keeps_the_cluster_scoped_reads(
     claim = json.loads(kubectl.ok("get", "pvc", "postgres-data", "-n", WATCHED, "-o", "json"))
     operator.ok("get", "persistentvolume", claim["spec"]["volumeName"], "-o", "name")
     operator.ok("get", "storageclass", claim["spec"]["storageClassName"], "-o", "name")
-    # Named reads only: listing volumes or changing classes is not part of the job.
-    operator.forbidden("get", "persistentvolumes", "-o", "name")
+    # Volumes are listed (a restore in place finds its own by label) and patched, never
+    # created or deleted; classes are only read.
+    operator.ok("get", "persistentvolumes", "-o", "name")
+    assert not operator.can_i("delete", "persistentvolumes")
+    assert not operator.can_i("create", "persistentvolumes")
     assert not operator.can_i("delete", "volumesnapshotclasses.snapshot.storage.k8s.io")

@@ -46,7 +46,7 @@ OPERATOR_PERMISSIONS: set[Permission] = {
     *(("snapshot.storage.k8s.io", "volumesnapshotcontents", v) for v in ("get", "list", "create", "delete")),
     *(("snapshot.storage.k8s.io", "volumesnapshotclasses", v) for v in ("get", "list")),
     *(("", "persistentvolumeclaims", v) for v in ("get", "list")),
-    *(("", "persistentvolumes", v) for v in ("get", "list", "patch")),
+    *(("", "persistentvolumes", v) for v in ("get", "list", "watch", "patch")),
     ("", "secrets", "get"),
     ("", "configmaps", "get"),
     ("", "services", "list"),
