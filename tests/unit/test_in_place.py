@@ -254,3 +254,35 @@ async def test_a_workload_is_marked_stopped_until_it_is_ready_again(
     assert seen and all(a.get(STOPPED_BY) == RESTORE_UID for a in seen), seen
     writer = fake.objects[("Deployment", SOURCE, "data-writer")]
     assert STOPPED_BY not in (writer["metadata"].get("annotations") or {})
+
+
+async def test_a_restarted_operator_rolls_back_holding_the_leases_of_what_the_restore_touched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(failpoints._POINTS, f"restore:{RESTORE}:claims-released", "pause:30")
+    fake = world()
+    first = asyncio.create_task(Restorer(fake, IMAGE).run(REF, dict(SPEC)))
+    await asyncio.wait_for(fake.until(lambda: all(
+        ("PersistentVolumeClaim", SOURCE, c) not in fake.objects for c in CLAIMS.values())), 10)
+    first.cancel()  # the operator stops with the claims released
+    await asyncio.gather(first, return_exceptions=True)
+    assert fake.leases == {}, "the stopped run gave its Leases back"
+    held_while_rolling_back: list[int] = []
+    patch = fake.patch
+
+    async def patching(kind: str, namespace: str, name: str, body: JSON) -> JSON | None:
+        if kind == "PersistentVolume":
+            held_while_rolling_back.append(len(fake.leases))
+        return await patch(kind, namespace, name, body)
+
+    fake.patch = patching  # type: ignore[method-assign]
+    monkeypatch.delitem(failpoints._POINTS, f"restore:{RESTORE}:claims-released")
+    await Restorer(fake, IMAGE).run(REF, dict(SPEC), resumed=True)
+    status = dict(fake.objects[RESTORE_KEY]["status"])
+    assert status["phase"] == "Failed" and "OperatorRestarted" in {c["reason"] for c in status["conditions"]}
+    # Every claim and every stopped workload (3 services, the writer) was held throughout.
+    assert held_while_rolling_back, "the rollback patched no volume"
+    assert min(held_while_rolling_back) == len(CLAIMS) + 4, held_while_rolling_back
+    assert fake.leases == {}
+    for name in CLAIMS.values():
+        assert volume_of(fake, name) == f"pvc-{name}"

@@ -123,6 +123,28 @@ class InPlace:
         self._held = keys
         self._renewal = asyncio.create_task(self._renew(), name=f"leases of restore {self.ref.name}")
 
+    async def hold_touched(self) -> None:
+        """Before a rollback or finish this process did not start (after a restart, or for a
+        deletion): the Leases of what the restore touched, as the world shows it (the claims of
+        its marked volumes, the workloads it stopped). It waits a while for a group holding one;
+        past that it goes on without, since the world must be put right either way."""
+        try:
+            await self.hold(await self._touched(), time.monotonic() + ATTEMPT_TIMEOUT)
+        except (StepError, RestoreFailed) as exc:
+            log.warning("restore %s: going on without its Leases (%s)", self.ref.name, exc)
+
+    async def _touched(self) -> list[str]:
+        targets = []
+        for volume in await self.objects.list("PersistentVolume", "", self._selector):
+            claim = (json.loads(_annotation(volume, VOLUME_CLAIM) or "{}").get("metadata") or {}).get("name")
+            if claim:
+                targets.append(f"pvc:{claim}")
+        for kind in _WORKLOADS:
+            for workload in await self.objects.list(kind, self.ref.namespace):
+                if _annotation(workload, STOPPED_BY) == self.ref.uid:
+                    targets.append(f"workload:{kind}/{workload['metadata']['name']}")
+        return targets
+
     async def _take(self, keys: list[str]) -> str | None:
         taken: list[str] = []
         for key in keys:

@@ -97,10 +97,14 @@ class Restorer:
             await self._clean_up(ref, parsed.target_namespace)
             return
         steps = InPlace(self.objects, ref, self.operator_id, lambda s: self._write(ref, s))
-        if status.get("swapped") is True:
-            await steps.finish(parsed.previous_volumes)
-        else:
-            await steps.roll_back()
+        await steps.hold_touched()
+        try:
+            if status.get("swapped") is True:
+                await steps.finish(parsed.previous_volumes)
+            else:
+                await steps.roll_back()
+        finally:
+            await steps.release()
 
     async def close(self) -> None:
         """Operator shutdown: cancel runs; each resumes from the cluster's state on restart."""
@@ -170,13 +174,16 @@ class Restorer:
     ) -> None:
         started = time.monotonic()
         steps = InPlace(self.objects, ref, self.operator_id, lambda status: self._write(ref, status))
-        if resumed and swapped:
-            await self._finish_in_place(ref, spec, steps, started, None)
-            return
         if resumed:
-            # The operator stopped inside the restore, before its point of no return.
-            await self._roll_back(ref, steps, "OperatorRestarted",
-                                  "the operator stopped while the restore ran", started)
+            await steps.hold_touched()
+            try:
+                if swapped:
+                    await self._finish_in_place(ref, spec, steps, started, None)
+                else:  # the operator stopped inside the restore, before its point of no return
+                    await self._roll_back(ref, steps, "OperatorRestarted",
+                                          "the operator stopped while the restore ran", started)
+            finally:
+                await steps.release()
             return
         try:
             plan = await self.plan_in_place(ref, spec)
