@@ -266,7 +266,10 @@ async def test_a_restarted_operator_rolls_back_holding_the_leases_of_what_the_re
         ("PersistentVolumeClaim", SOURCE, c) not in fake.objects for c in CLAIMS.values())), 10)
     first.cancel()  # the operator stops with the claims released
     await asyncio.gather(first, return_exceptions=True)
-    assert fake.leases == {}, "the stopped run gave its Leases back"
+    # The stopped run leaves its Leases (unrenewed, they expire) to whoever goes on: no group
+    # slips in between.
+    assert len(fake.leases) == len(CLAIMS) + 4 and all(
+        holder.startswith(f"restore:{RESTORE}/{RESTORE_UID}@") for holder in fake.leases.values())
     held_while_rolling_back: list[int] = []
     patch = fake.patch
 
@@ -286,3 +289,30 @@ async def test_a_restarted_operator_rolls_back_holding_the_leases_of_what_the_re
     assert fake.leases == {}
     for name in CLAIMS.values():
         assert volume_of(fake, name) == f"pvc-{name}"
+
+
+async def test_a_claim_of_no_class_is_refused_before_anything_is_made() -> None:
+    fake = world()
+    fake.objects[("PersistentVolumeClaim", SOURCE, CLAIMS["mongodb"])]["spec"]["storageClassName"] = ""
+    status = await run(fake)
+    assert status["phase"] == "Failed"
+    planned = conditions(status)["Planned"]
+    assert planned == ("False", "ClaimWithoutClass"), status
+    assert "spec.groupName" in status["message"] and CLAIMS["mongodb"] in status["message"]
+    assert fake.created == [] and fake.labelled(RESTORE_UID) == []
+
+
+async def test_a_writer_that_never_gets_ready_again_does_not_hold_the_rollback_forever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(failpoints._POINTS, f"restore:{RESTORE}:claims-swapped", "fail")
+    monkeypatch.setattr(in_place, "READY_WAIT", 0.2)
+    fake = world()
+    fake.never_ready.add(("Deployment", "data-writer"))  # e.g. it cannot be scheduled any more
+    status = await asyncio.wait_for(run(fake), 20)
+    assert status["phase"] == "Failed", status
+    assert "Deployment/data-writer given back its replicas, not ready" in status["message"], status["message"]
+    assert replicas(fake, "Deployment", "data-writer") == 1
+    for name in CLAIMS.values():
+        assert volume_of(fake, name) == f"pvc-{name}"
+    assert fake.labelled(RESTORE_UID) == [] and fake.leases == {}

@@ -61,6 +61,9 @@ JSON = dict[str, Any]
 Report = Callable[[JSON], Awaitable[None]]
 T = TypeVar("T")
 
+READY_WAIT = 120.0
+"""How long starting a workload again waits for it to be ready before it reports it not ready
+(its data is back either way; readiness is then the workload's own business)."""
 PODS_GONE_POLL = 0.5
 """Seconds between looks at a stopped workload's pods (they go within their grace period)."""
 LEASE_RETRY = 2.0
@@ -170,15 +173,18 @@ class InPlace:
                 except StepError as exc:  # an outage: next period
                     log.warning("restore %s: Lease of %s not renewed: %s", self.ref.name, key, exc.message)
 
-    async def release(self) -> None:
+    async def release(self, keep: bool = False) -> None:
         """Stop renewing and give every Lease back (one not given back expires). Idempotent; a
-        cancellation (the restore deleted as it ends) does not stop the giving back."""
+        cancellation (the restore deleted as it ends) does not stop the giving back. With keep
+        (the run was cancelled: a deletion's stop or the next operator goes on with the same
+        Leases), only the renewing stops, so no group slips in between."""
         if self._renewal is not None:
             self._renewal.cancel()
             await asyncio.gather(self._renewal, return_exceptions=True)
             self._renewal = None
         held, self._held = self._held, []
-        await asyncio.shield(self._give_back(held))
+        if not keep:
+            await asyncio.shield(self._give_back(held))
 
     async def _give_back(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -237,7 +243,7 @@ class InPlace:
         await all_at_once(self.objects.wait("PersistentVolumeClaim", ns, s.pvc, is_bound, time_left(deadline))
                           for s in plan.swaps)
         await self._step("claims-swapped")
-        await self._start(SERVICE, deadline)
+        await self._start(SERVICE, deadline, strict=True)
         await self._step("services-started")
         return stopped_at
 
@@ -339,11 +345,10 @@ class InPlace:
         await self._remove_made()
         services = await self._start(SERVICE, deadline)
         writers = await self._start(WRITER, deadline)
-        back = ", ".join(f"{w['kind']}/{w['name']}" for w in [*services, *writers])
         put_back = sorted(self._put_back)
         claims = f"claims {', '.join(put_back)} back on their previous volumes" if put_back else \
             "every claim on its previous volume"
-        return f"rolled back: {claims}" + (f"; {back} running again, ready" if back else "")
+        return f"rolled back: {claims}" + started_words([*services, *writers])
 
     async def _discard(self, volume: JSON) -> None:
         """A volume restored for this restore and not kept: reclaimed (Delete) once released."""
@@ -466,7 +471,7 @@ class InPlace:
                                     + ", ".join(p["metadata"]["name"] for p in pods))
             await asyncio.sleep(PODS_GONE_POLL)  # pods go within their grace period
 
-    async def _start(self, role: str, deadline: float) -> list[JSON]:
+    async def _start(self, role: str, deadline: float, strict: bool = False) -> list[JSON]:
         """Give every workload this restore stopped in this role its replicas back (unless someone
         scaled it meanwhile: theirs stands) and wait until it is ready; only then does its
         stopped-by annotation go, so an attempt cut short finds it again and waits again."""
@@ -486,14 +491,35 @@ class InPlace:
                         "replicas": int(annotations.get(STOPPED_REPLICAS) or "1")}})
                 if done is not None and int(done["spec"].get("replicas", 0)) > 0:
                     started.append((kind, name))
-        ready = await all_at_once(self.objects.wait(kind, ns, name, is_ready, time_left(deadline))
-                                  for kind, name in started)
+        wait = min(READY_WAIT, time_left(deadline))
+        waits = await asyncio.gather(*(self.objects.wait(kind, ns, name, is_ready, wait)
+                                       for kind, name in started), return_exceptions=True)
+        for result in waits:
+            if isinstance(result, BaseException) and not isinstance(result, TimeoutError):
+                raise result
         for kind, name in stopped:
             await self.objects.patch(kind, ns, name, {"metadata": {"annotations": {
                 STOPPED_BY: None, STOPPED_AS: None, STOPPED_REPLICAS: None}}})
-        return [{"kind": w["kind"], "name": w["metadata"]["name"], "replicas": int(w["spec"]["replicas"]),
-                 "readyReplicas": int((w.get("status") or {}).get("readyReplicas") or 0), "ready": True}
-                for w in ready]
+        entries = []
+        for (kind, name), result in zip(started, waits, strict=True):
+            ready = not isinstance(result, BaseException)
+            current = await self.objects.get(kind, ns, name) if isinstance(result, BaseException) else result
+            if strict and not ready:
+                raise RestoreFailed("NotReady", f"{kind}/{name} was not ready within {wait:.0f}s on the "
+                                    "restored claims")
+            status = (current or {}).get("status") or {}
+            entries.append({"kind": kind, "name": name,
+                            "replicas": int(((current or {}).get("spec") or {}).get("replicas") or 0),
+                            "readyReplicas": int(status.get("readyReplicas") or 0), "ready": ready})
+        return entries
+
+
+def started_words(entries: list[JSON]) -> str:
+    """What starting workloads again came to, for a status message ('' for none)."""
+    ready = ", ".join(f"{w['kind']}/{w['name']}" for w in entries if w["ready"])
+    late = ", ".join(f"{w['kind']}/{w['name']}" for w in entries if not w["ready"])
+    return ((f"; {ready} running again, ready" if ready else "")
+            + (f"; {late} given back its replicas, not ready after {READY_WAIT:.0f}s" if late else ""))
 
 
 def _reserved_for(namespace: str, claim: str) -> Callable[[JSON], bool]:

@@ -196,6 +196,11 @@ def _swap(
         raise PlanError("ClaimNotBound", path, f"claim {pvc} is not bound to a volume")
     volume = volumes[volume_name]
     spec = claim["spec"]
+    if spec.get("storageClassName") == "":
+        # No provisioner restores a claim of no class: it would bind any free static volume.
+        raise PlanError("ClaimWithoutClass", path,
+                        f'claim {pvc} has storageClassName "" (a static volume): in place needs a class '
+                        "whose CSI driver restores snapshots; restore it as a clone")
     size = ((spec.get("resources") or {}).get("requests") or {}).get("storage")
     restore_size = snapshot_status.get("restoreSize")
     if size is None or (restore_size and quantity(restore_size) > quantity(size)):
@@ -204,9 +209,7 @@ def _swap(
         "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
         "volumeMode": spec.get("volumeMode") or "Filesystem",
         "resources": {"requests": {"storage": size}},
-        # "" (no class: static volumes only) is kept: without it the default class would apply.
-        **({"storageClassName": spec["storageClassName"]} if spec.get("storageClassName") is not None
-           else {}),
+        **({"storageClassName": spec["storageClassName"]} if spec.get("storageClassName") else {}),
     }
     scratch = {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",

@@ -30,7 +30,7 @@ from snapgroup.api.snapshotgroup import KIND as GROUP_KIND
 from snapgroup.hooks.restore_prep import prepare_restore
 from snapgroup.ports import GROUP_GONE, ClusterObjects, PlanError, StepError
 
-from .in_place import InPlace
+from .in_place import InPlace, started_words
 from .in_place_plan import InPlacePlan, plan_in_place
 from .restore_addresses import address_rewrites, rewrite_object
 from .restore_plan import RestorePlan, RestoreRef, SourceWorld, build, select
@@ -176,14 +176,18 @@ class Restorer:
         steps = InPlace(self.objects, ref, self.operator_id, lambda status: self._write(ref, status))
         if resumed:
             await steps.hold_touched()
+            keep = False
             try:
                 if swapped:
                     await self._finish_in_place(ref, spec, steps, started, None)
                 else:  # the operator stopped inside the restore, before its point of no return
                     await self._roll_back(ref, steps, "OperatorRestarted",
                                           "the operator stopped while the restore ran", started)
+            except asyncio.CancelledError:
+                keep = True
+                raise
             finally:
-                await steps.release()
+                await steps.release(keep=keep)
             return
         try:
             plan = await self.plan_in_place(ref, spec)
@@ -198,6 +202,7 @@ class Restorer:
         await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Normal", "Restoring",
                                         plan.summary())
         budget = parse_duration(spec.timeout).total_seconds()
+        keep = False
         try:
             try:
                 async with asyncio.timeout(budget):
@@ -220,8 +225,11 @@ class Restorer:
             await self._write_surely(ref, {
                 "swapped": True, "message": "the services answer on the restored data; resuming writers"})
             await self._finish_in_place(ref, spec, steps, started, stopped_at, plan)
+        except asyncio.CancelledError:
+            keep = True  # whoever goes on (a deletion's stop, the next operator) takes them over
+            raise
         finally:
-            await steps.release()
+            await steps.release(keep=keep)
 
     async def _planned_again(self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec,
                              planned: InPlacePlan) -> InPlacePlan:
@@ -248,8 +256,9 @@ class Restorer:
         seconds = round(time.monotonic() - started, 3)
         stopped = None if stopped_at is None else round(finished.writers_back - stopped_at, 3)
         kept = "kept (Released, Retain)" if spec.previous_volumes == "Retain" else "deleted"
+        late = "" if all(w["ready"] for w in writers) else started_words(writers)
         message = (f"in place: {len(claims)} claim(s) on volumes restored from the group, services and "
-                   f"writers running; previous volumes {kept}"
+                   f"writers running{late}; previous volumes {kept}"
                    + (f"; writers stopped {stopped:.1f}s" if stopped is not None else "")
                    + (f"; {seconds:.1f}s in all" if plan is not None else ""))
         await self._write_surely(ref, {
@@ -292,7 +301,8 @@ class Restorer:
             "seconds": round(time.monotonic() - started, 3),
             "conditions": [condition("Restored", "False", reason, text)],
         })
-        await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason, text)
+        with contextlib.suppress(StepError):  # the status says it; the Event is news
+            await self.objects.record_event(KIND, ref.namespace, ref.name, ref.uid, "Warning", reason, text)
 
     async def plan_in_place(self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec) -> InPlacePlan:
         """Read what an in-place plan needs and decide; PlanError before anything is created."""
