@@ -473,8 +473,9 @@ class InPlace:
 
     async def _start(self, role: str, deadline: float, strict: bool = False) -> list[JSON]:
         """Give every workload this restore stopped in this role its replicas back (unless someone
-        scaled it meanwhile: theirs stands) and wait until it is ready; only then does its
-        stopped-by annotation go, so an attempt cut short finds it again and waits again."""
+        scaled it meanwhile: theirs stands) and wait, at most READY_WAIT, until it is ready; only
+        then does its stopped-by annotation go, so an attempt cut short finds it again. strict
+        (the swap itself): one not ready fails the step; else it is reported not ready."""
         ns = self.ref.namespace
         stopped: list[tuple[str, str]] = []
         started: list[tuple[str, str]] = []
@@ -519,7 +520,7 @@ def started_words(entries: list[JSON]) -> str:
     ready = ", ".join(f"{w['kind']}/{w['name']}" for w in entries if w["ready"])
     late = ", ".join(f"{w['kind']}/{w['name']}" for w in entries if not w["ready"])
     return ((f"; {ready} running again, ready" if ready else "")
-            + (f"; {late} given back its replicas, not ready after {READY_WAIT:.0f}s" if late else ""))
+            + (f"; {late} given back its replicas, not ready yet" if late else ""))
 
 
 def _reserved_for(namespace: str, claim: str) -> Callable[[JSON], bool]:
