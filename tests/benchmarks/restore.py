@@ -42,6 +42,7 @@ from e2e.bleater import NAMESPACE, SERVICES, Bleater, utc
 from e2e.kube import Kube
 from e2e.operator_process import REPO, OperatorProcess
 from e2e.test_bleater_group import sample
+from e2e.test_restore_clone import create_restore, wait_restore
 from localcluster.cluster import LocalCluster
 from snapgroup.api.restore import PLURAL, RESTORE_TARGET_LABEL
 
@@ -61,6 +62,17 @@ def _records_everywhere(clone: Bleater, deadline: float) -> dict[str, list[Any]]
             time.sleep(0.1)
 
 
+def _succeeded(kube: Kube, name: str, spec: JSON, timeout: float) -> JSON:
+    """Apply a SnapshotGroupRestore of the group and return its status once it Succeeded."""
+    create_restore(kube, {"apiVersion": "snapgroup.dev/v1alpha1", "kind": "SnapshotGroupRestore",
+                          "metadata": {"name": name, "namespace": NAMESPACE},
+                          "spec": {"groupName": GROUP, "timeout": "5m", **spec}})
+    status: JSON = wait_restore(kube, name, timeout)["status"]
+    if status["phase"] != "Succeeded":
+        raise RuntimeError(f"restore {name} failed: {status.get('message')}")
+    return status
+
+
 def one_clone(kube: Kube, cut: datetime) -> JSON:
     """One clone into a new namespace: timed, checked, removed."""
     target = f"bench-clone-{uuid.uuid4().hex[:6]}"
@@ -68,16 +80,7 @@ def one_clone(kube: Kube, cut: datetime) -> JSON:
     name = f"{GROUP}-{target}"
     try:
         started = time.monotonic()
-        kube.custom.create_namespaced_custom_object("snapgroup.dev", "v1alpha1", NAMESPACE, PLURAL, {
-            "apiVersion": "snapgroup.dev/v1alpha1", "kind": "SnapshotGroupRestore",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"groupName": GROUP, "targetNamespace": target, "timeout": "5m"}})
-        done = kube.wait_custom(NAMESPACE, PLURAL, name,
-                                lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
-                                300.0, "a terminal phase")
-        status = done["status"]
-        if status["phase"] != "Succeeded":
-            raise RuntimeError(f"restore {name} failed: {status.get('message')}")
+        status = _succeeded(kube, name, {"targetNamespace": target}, 300.0)
         ready = time.monotonic() - started
         held = _records_everywhere(Bleater(kube, target), time.monotonic() + ANSWER_TIMEOUT)
         answering = time.monotonic() - started
@@ -106,16 +109,7 @@ def one_in_place(kube: Kube, cut: datetime, n: int) -> JSON:
     name = f"{GROUP}-in-place-{n}"
     begun = time.time()
     started = time.monotonic()
-    kube.custom.create_namespaced_custom_object("snapgroup.dev", "v1alpha1", NAMESPACE, PLURAL, {
-        "apiVersion": "snapgroup.dev/v1alpha1", "kind": "SnapshotGroupRestore",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {"groupName": GROUP, "inPlace": True, "previousVolumes": "Delete", "timeout": "5m"}})
-    done = kube.wait_custom(NAMESPACE, PLURAL, name,
-                            lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
-                            360.0, "a terminal phase")
-    status = done["status"]
-    if status["phase"] != "Succeeded":
-        raise RuntimeError(f"restore {name} failed: {status.get('message')}")
+    status = _succeeded(kube, name, {"inPlace": True, "previousVolumes": "Delete"}, 360.0)
     ready = time.monotonic() - started
     held = _records_everywhere(bleater, time.monotonic() + ANSWER_TIMEOUT)
     answering = time.monotonic() - started

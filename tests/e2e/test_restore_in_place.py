@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -181,10 +182,7 @@ def test_a_failure_midway_puts_back_the_original_data_and_workloads(
     name = f"{group_name}-back"
     armed(f"restore:{name}:{step}=fail")
     group_of(kube, group_name)
-    previous = volumes(kube)
-    policies = reclaim_policies(kube, previous)
-    scaled = replicas(kube)
-    before = read_records(bleater)
+    before = Before.read(kube, bleater)
 
     create_restore(kube, in_place(name, group_name))
     done = wait_restore(kube, name)
@@ -195,7 +193,7 @@ def test_a_failure_midway_puts_back_the_original_data_and_workloads(
     restored = next(c for c in status["conditions"] if c["type"] == "Restored")
     assert (restored["status"], restored["reason"]) == ("False", "FailpointInjected")
     assert status.get("swapped") is False
-    assert_rolled_back(kube, bleater, done, previous, policies, scaled, before)
+    assert_rolled_back(kube, bleater, done, before)
 
 
 @pytest.mark.parametrize("step", ["claims-released", "services-started"])
@@ -206,10 +204,7 @@ def test_the_operator_killed_midway_and_restarted_rolls_back(
     point = f"restore:{name}:{step}"
     crashing = armed(f"{point}=crash")
     group_of(kube, group_name)
-    previous = volumes(kube)
-    policies = reclaim_policies(kube, previous)
-    scaled = replicas(kube)
-    before = read_records(bleater)
+    before = Before.read(kube, bleater)
 
     create_restore(kube, in_place(name, group_name))
     assert crashing.process is not None
@@ -224,8 +219,8 @@ def test_the_operator_killed_midway_and_restarted_rolls_back(
     if step == "claims-released":
         assert live == {} and all(n == 0 for n in replicas(kube).values()), (live, replicas(kube))
     else:
-        assert set(live) == set(CLAIMS) and all(live[c] != previous[c] for c in CLAIMS), live
-        assert replicas(kube)[WRITER] == 0 and replicas(kube)["postgres"] == scaled["postgres"]
+        assert set(live) == set(CLAIMS) and all(live[c] != before.volumes[c] for c in CLAIMS), live
+        assert replicas(kube)[WRITER] == 0 and replicas(kube)["postgres"] == before.replicas["postgres"]
 
     armed("")  # a new operator, which finds the restore cut off before its point of no return
     done = wait_restore(kube, name)
@@ -236,18 +231,32 @@ def test_the_operator_killed_midway_and_restarted_rolls_back(
     put_back = status["message"].split("rolled back: claims ", 1)[-1]
     put_back = put_back.split(" back on their previous volumes")[0]
     assert sorted(put_back.split(", ")) == sorted(CLAIMS), status["message"]
-    assert_rolled_back(kube, bleater, done, previous, policies, scaled, before)
+    assert_rolled_back(kube, bleater, done, before)
 
 
-def assert_rolled_back(kube: Kube, bleater: Bleater, done: dict[str, Any], previous: dict[str, str],
-                       policies: dict[str, str], scaled: dict[str, int], before: Records) -> None:
+@dataclass(frozen=True)
+class Before:
+    """The namespace as a restore found it: what a rollback must give back."""
+
+    volumes: dict[str, str]
+    policies: dict[str, str]
+    replicas: dict[str, int]
+    records: Records
+
+    @classmethod
+    def read(cls, kube: Kube, bleater: Bleater) -> Before:
+        found = volumes(kube)
+        return cls(found, reclaim_policies(kube, found), replicas(kube), read_records(bleater))
+
+
+def assert_rolled_back(kube: Kube, bleater: Bleater, done: dict[str, Any], before: Before) -> None:
     """The claims on their own volumes, the workloads at their replicas, every record that existed
     before the restore still there and the writer going on; nothing of the restore left."""
-    assert volumes(kube) == previous
-    assert reclaim_policies(kube, previous) == policies
-    assert replicas(kube) == scaled
-    kube.wait_pods(NAMESPACE, "app=data-writer", scaled[WRITER])
-    assert_records_kept(bleater, before)
+    assert volumes(kube) == before.volumes
+    assert reclaim_policies(kube, before.volumes) == before.policies
+    assert replicas(kube) == before.replicas
+    kube.wait_pods(NAMESPACE, "app=data-writer", before.replicas[WRITER])
+    assert_records_kept(bleater, before.records)
     uid = done["metadata"]["uid"]
     assert left_behind(kube, uid) == []
     restored = {c["restoredVolume"] for c in done["status"].get("claims") or [] if c.get("restoredVolume")}
