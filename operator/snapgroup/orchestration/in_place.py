@@ -495,9 +495,12 @@ class InPlace:
         wait = min(READY_WAIT, time_left(deadline))
         waits = await asyncio.gather(*(self.objects.wait(kind, ns, name, is_ready, wait)
                                        for kind, name in started), return_exceptions=True)
-        for result in waits:
+        for (kind, name), result in zip(started, waits, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, TimeoutError):
                 raise result
+            if strict and isinstance(result, BaseException):  # still marked: the rollback stops it
+                raise RestoreFailed("NotReady", f"{kind}/{name} was not ready within {wait:.0f}s on the "
+                                    "restored claims")
         for kind, name in stopped:
             await self.objects.patch(kind, ns, name, {"metadata": {"annotations": {
                 STOPPED_BY: None, STOPPED_AS: None, STOPPED_REPLICAS: None}}})
@@ -505,9 +508,6 @@ class InPlace:
         for (kind, name), result in zip(started, waits, strict=True):
             ready = not isinstance(result, BaseException)
             current = await self.objects.get(kind, ns, name) if isinstance(result, BaseException) else result
-            if strict and not ready:
-                raise RestoreFailed("NotReady", f"{kind}/{name} was not ready within {wait:.0f}s on the "
-                                    "restored claims")
             status = (current or {}).get("status") or {}
             entries.append({"kind": kind, "name": name,
                             "replicas": int(((current or {}).get("spec") or {}).get("replicas") or 0),
