@@ -12,7 +12,7 @@ help:
 	@echo "make cluster-up    start the local cluster with the bleater sample; cluster-down stops it"
 	@echo "make bench         freeze-window and scale benchmarks, report under docs/benchmarks/"
 	@echo "make bench-record  the MinIO/S3 record read on 100,000 objects, docs/benchmarks/record-read.md"
-	@echo "make bench-restore restore time of the bleater sample (clone, in place), docs/benchmarks/restore.md"
+	@echo "make bench-restore restore time of the bleater sample (clone, in place, verification), docs/benchmarks/restore.md"
 	@echo "make chaos         30+ groups with one random fault each, report under docs/chaos/ (SEED=N)"
 
 install:
@@ -68,7 +68,8 @@ bench: binaries
 # The MinIO/S3 newest-record read on a bucket of 100,000 objects (the S3 stand-in only, no cluster).
 bench-record: install
 	PYTHONPATH=$(CURDIR)/operator:$(PYTHONPATH) $(PYTHON) -m benchmarks.record_read --objects 100000 --report docs/benchmarks
-# Restore time of the bleater sample, clone and in place, and the writer's stop (docs/benchmarks/restore.md).
+# Restore time of the bleater sample, clone and in place, the writer's stop, and verification by
+# restoring (docs/benchmarks/restore.md).
 bench-restore: binaries
 	$(PYTHON) -m benchmarks.restore --report docs/benchmarks
 # Outside `make test`: groups back to back, each with one random fault (tests/chaos/).

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,10 @@ from snapgroup.adapters.pgdata import PreparationError, prepare_pgdata
 from snapgroup.api import API_VERSION
 from snapgroup.api.base import parse_duration
 from snapgroup.api.crd import check_crds, write_crds
-from snapgroup.api.labels import shortened
+from snapgroup.api.labels import VERIFY_REQUESTED, shortened
 from snapgroup.api.restore import KIND as RESTORE_KIND
 from snapgroup.api.restore import RESTORE_TARGET_LABEL, PreviousVolumes, SnapshotGroupRestoreSpec
-from snapgroup.api.snapshotgroup import KIND, SnapshotGroupSpec, SnapshotGroupStatus
+from snapgroup.api.snapshotgroup import KIND, Phase, SnapshotGroupSpec, SnapshotGroupStatus
 from snapgroup.hooks.registry import HookContext
 from snapgroup.orchestration.groups import MAX_WINDOWS, RETRY_DELAY
 from snapgroup.orchestration.in_place_plan import InPlacePlan
@@ -42,6 +43,8 @@ from snapgroup.ports import PlanError, StepError
 from snapgroup.runtime import Runtime
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+VERIFY_SLACK = 120.0
+"""Seconds `verify --restore` waits beyond the verification's timeout (removing what it made)."""
 LOOP_ANSWER_SECONDS = 5.0
 """How long the leader's event loop may take to answer the health endpoint."""
 
@@ -313,7 +316,16 @@ def _fetch(args: argparse.Namespace) -> SnapshotGroupStatus | None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check a group's status like an automated checker; exit non-zero when anything fails."""
+    """Check a group's status like an automated checker; exit non-zero when anything fails.
+    With --restore, have the operator restore it into scratch claims and read it back first."""
+    if args.restore:
+        runtime = Runtime.from_environment(args.kubeconfig)
+        try:
+            code = asyncio.run(_verify_by_restoring(runtime, args))
+        finally:
+            runtime.close()
+        if code != EXIT_OK:
+            return code
     status = _fetch(args)
     if status is None:
         return EXIT_USAGE
@@ -338,6 +350,56 @@ def cmd_verify(args: argparse.Namespace) -> int:
             )
         )
     return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _verify_by_restoring(runtime: Runtime, args: argparse.Namespace) -> int:
+    """Ask the operator for a verification by restoring (a new value of the group's
+    verify-requested annotation), follow it, and print what each service held."""
+    title = f"{KIND} {args.namespace}/{args.name}"
+    group = await runtime.objects.get(KIND, args.namespace, args.name)
+    if group is None:
+        print(f"{title} not found", file=sys.stderr)
+        return EXIT_USAGE
+    status = SnapshotGroupStatus.model_validate(group.get("status") or {})
+    if status.phase != Phase.SUCCEEDED:
+        print(f"{title} is {status.phase.value}: only a Succeeded group can be verified by restoring it",
+              file=sys.stderr)
+        return EXIT_FAILED
+    request = f"{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}"
+    await runtime.objects.patch(KIND, args.namespace, args.name,
+                                {"metadata": {"annotations": {VERIFY_REQUESTED: request}}})
+    spec = SnapshotGroupSpec.model_validate(group.get("spec") or {})
+    print(f"{title}: verification requested ({VERIFY_REQUESTED}={request})", flush=True)
+    seen: list[str] = []
+
+    def answered(obj: dict[str, Any]) -> bool:
+        current = SnapshotGroupStatus.model_validate(obj.get("status") or {})
+        found = next((c for c in current.conditions if c.type == "Verified"), None)
+        mine = current.verification is not None and current.verification.request == request
+        if mine and found is not None and (not seen or seen[-1] != found.message):
+            seen.append(found.message or "")
+            print(f"Verified={found.status}: {found.message}", flush=True)
+        return bool(mine and current.verification and current.verification.completion_time)
+
+    timeout = parse_duration(args.timeout or spec.verify_timeout).total_seconds() + VERIFY_SLACK
+    try:
+        final = await runtime.objects.wait(KIND, args.namespace, args.name, answered, timeout)
+    except TimeoutError:
+        print(f"{title}: the operator did not answer the verification within {timeout:.0f}s "
+              "(is it running, and does it watch this namespace?)", file=sys.stderr)
+        return EXIT_FAILED
+    verification = SnapshotGroupStatus.model_validate(final.get("status") or {}).verification
+    assert verification is not None
+    print(table(["service", "pods", "restored newest", "recorded newest", "match", "seconds", "detail"],
+                [[v.name, ", ".join(v.pods) or None, _time(v.restored_newest_record),
+                  _time(v.recorded_newest_record), v.matches, v.seconds, v.message]
+                 for v in verification.services]))
+    print()
+    return EXIT_OK
+
+
+def _time(at: datetime | None) -> str | None:
+    return f"{at:%Y-%m-%dT%H:%M:%S.%fZ}" if at is not None else None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -573,6 +635,12 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--namespace", "-n", default="default")
         cmd.add_argument("--output", "-o", choices=["table", "json"], default="table")
         cmd.set_defaults(func=func)
+        if name == "verify":
+            cmd.add_argument("--restore", action="store_true",
+                             help="first have the operator restore the group into scratch claims, start "
+                                  "each service there and compare its newest record with the recorded one")
+            cmd.add_argument("--timeout",
+                             help="how long to wait for that (default: the group's verifyTimeout)")
     return p
 
 

@@ -65,6 +65,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await runtime.restorer.close()
+        await runtime.verifier.close()
         await runtime.runner.stop(timeout=STOP_TIMEOUT)
         stop_event: asyncio.Event | None = memo.get("safety_net_stop")
         task: asyncio.Task[None] | None = memo.get("safety_net")
@@ -98,9 +99,14 @@ async def group_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def group_event(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """A group removed without its delete handler (finalizer stripped): stop its run now."""
+    """A group removed without its delete handler (finalizer stripped): stop its run (and its
+    verification) now. Any other change: verify a succeeded group that asks for it."""
+    runtime: Runtime = memo["runtime"]
     if event["type"] == "DELETED":
         _runner(memo).vanished(_ref(body))
+        runtime.verifier.forget(body["metadata"]["uid"])
+    else:
+        runtime.verifier.seen(body)
 
 
 # --- ScheduledSnapshotGroup: one loop per schedule, woken early by spec edits and finished groups ---

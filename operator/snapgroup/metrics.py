@@ -27,6 +27,17 @@ GROUPS = Counter(
     "Finished SnapshotGroups, by result (Succeeded or Failed) and reason.",
     ["result", "reason"],
 )
+VERIFICATIONS = Counter(
+    "snapgroup_verifications_total",
+    "Verifications by restoring that answered, by result (the Verified condition: True or False) "
+    "and reason.",
+    ["result", "reason"],
+)
+VERIFICATION_SECONDS = Histogram(
+    "snapgroup_verification_seconds",
+    "Length of verifications by restoring: from start to every service read and everything removed.",
+    buckets=_WINDOW_BUCKETS,
+)
 SNAPSHOTS_CREATED = Counter(
     "snapgroup_volumesnapshots_created_total", "VolumeSnapshots created by the operator."
 )

@@ -478,6 +478,8 @@ class ScheduledGroup:
     """Its spec.snapshotDeletionPolicy is Retain: deleting it must leave its VolumeSnapshots."""
     consistent: bool | None = None
     """status.consistent: True only when its Consistent condition is True."""
+    verified: bool | None = None
+    """status.verified: True only when its Verified condition is True (restored and read)."""
 
 
 class GroupStore(Protocol):

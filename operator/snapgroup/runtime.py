@@ -17,6 +17,7 @@ from snapgroup.hooks.builtin import BUILTIN_HOOK_TYPES
 from snapgroup.orchestration.groups import MAX_WINDOWS, RETRY_DELAY, GroupRunner
 from snapgroup.orchestration.restores import Restorer
 from snapgroup.orchestration.safety_net import SafetyNet
+from snapgroup.orchestration.verifier import Verifier
 
 assert BUILTIN_HOOK_TYPES  # imported for registration: every entry point goes through here
 
@@ -59,10 +60,20 @@ class Runtime:
         """Objects by kind, over the same client as `cluster`."""
         return KubeObjects(self.cluster)
 
+    @property
+    def operator_image(self) -> str:
+        """The image a restored server's init step runs."""
+        return os.environ.get("SNAPGROUP_IMAGE") or OPERATOR_IMAGE
+
     @cached_property
     def restorer(self) -> Restorer:
         """Runs SnapshotGroupRestores."""
-        return Restorer(self.objects, os.environ.get("SNAPGROUP_IMAGE") or OPERATOR_IMAGE,
+        return Restorer(self.objects, self.operator_image, self.runner.operator_id)
+
+    @cached_property
+    def verifier(self) -> Verifier:
+        """Verifies succeeded groups by restoring them."""
+        return Verifier(self.cluster, self.objects, self.connectors, self.operator_image,
                         self.runner.operator_id)
 
     @cached_property

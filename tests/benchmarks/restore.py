@@ -1,5 +1,6 @@
 """Restore time of the bleater sample: a SnapshotGroupRestore applied -> the services answering
-on the restored data, as a clone and in place; and how long an in-place restore stops the writer.
+on the restored data, as a clone and in place; how long an in-place restore stops the writer; and
+how long a verification by restoring takes.
 
 Usage (from the repository root; `make bench-restore` runs the first)::
 
@@ -13,6 +14,12 @@ through the clone's own Secrets (the test-side reads of `e2e.bleater`), and the 
 `status.seconds` (its create -> workloads Ready). Each clone is checked to hold the records of the
 cut (the same sequence in all three, none newer than the earliest cut) before it counts, then
 deleted.
+
+Then `--runs` verifications of the group by restoring it (a new value of its verify-requested
+annotation each, as `snapgroup verify --restore` sets it). A run's time is from the annotation to
+the verification's answer (every service started on scratch claims, read, compared, and
+everything removed); each run must end Verified=True before it counts. Per service, the
+verification's own `seconds` (its start -> that service read).
 
 Then `--runs` restores in place of the same group, one after another, each once the data-writer
 has written records after the cut (which the restore must take away). A run's time is from the
@@ -44,6 +51,7 @@ from e2e.operator_process import REPO, OperatorProcess
 from e2e.test_bleater_group import sample
 from e2e.test_restore_clone import create_restore, wait_restore
 from localcluster.cluster import LocalCluster
+from snapgroup.api.labels import VERIFY_REQUESTED
 from snapgroup.api.restore import PLURAL, RESTORE_TARGET_LABEL
 
 GROUP = "bench-restore"
@@ -128,6 +136,27 @@ def one_in_place(kube: Kube, cut: datetime, n: int) -> JSON:
             "records": len(before["postgres"])}
 
 
+def one_verification(kube: Kube, n: int) -> JSON:
+    """One verification of the group by restoring it: timed, checked Verified=True."""
+    request = f"bench-{n}-{uuid.uuid4().hex[:6]}"
+    started = time.monotonic()
+    kube.custom.patch_namespaced_custom_object(
+        "snapgroup.dev", "v1alpha1", NAMESPACE, "snapshotgroups", GROUP,
+        {"metadata": {"annotations": {VERIFY_REQUESTED: request}}})
+    done = kube.wait_custom(
+        NAMESPACE, "snapshotgroups", GROUP,
+        lambda o: ((o.get("status") or {}).get("verification") or {}).get("request") == request
+        and bool(o["status"]["verification"].get("completionTime")), 600.0, "the verification's answer")
+    answered = time.monotonic() - started
+    status = done["status"]
+    verdict = next(c for c in status["conditions"] if c["type"] == "Verified")
+    if verdict["status"] != "True":
+        raise RuntimeError(f"verification {request} failed: {verdict['message']}")
+    services = {s["name"]: s["seconds"] for s in status["verification"]["services"]}
+    return {"answeredSeconds": round(answered, 3), "statusSeconds": status["verification"]["seconds"],
+            "services": services}
+
+
 def run(cluster: LocalCluster, runs: int) -> JSON:
     """The group, then the clones, then the restores in place."""
     kube = Kube(cluster.kubeconfig)
@@ -143,6 +172,11 @@ def run(cluster: LocalCluster, runs: int) -> JSON:
         for n in range(runs):
             clones.append(one_clone(kube, cut))
             progress(f"clone {n + 1}/{runs}: services answering after {clones[-1]['answeringSeconds']:.2f}s")
+        verifications = []
+        for n in range(runs):
+            verifications.append(one_verification(kube, n + 1))
+            progress(f"verification {n + 1}/{runs}: answered after "
+                     f"{verifications[-1]['answeredSeconds']:.2f}s")
         kube.core.patch_namespace(NAMESPACE, {"metadata": {"labels": {RESTORE_TARGET_LABEL: NAMESPACE}}})
         in_place = []
         for n in range(runs):
@@ -152,7 +186,12 @@ def run(cluster: LocalCluster, runs: int) -> JSON:
     finally:
         operator.stop()
     stopped = summary(float(r["writersStoppedSeconds"]) for r in in_place)
-    return {"clone": _summarised(clones), "inPlace": {**_summarised(in_place), "writersStopped": stopped}}
+    verified = {"runs": verifications, "answered": summary(r["answeredSeconds"] for r in verifications),
+                "status": summary(float(r["statusSeconds"]) for r in verifications),
+                **{f"service:{name}": summary(float(r["services"][name]) for r in verifications)
+                   for name in verifications[0]["services"]}}
+    return {"clone": _summarised(clones), "inPlace": {**_summarised(in_place), "writersStopped": stopped},
+            "verification": verified}
 
 
 def _summarised(runs: list[JSON]) -> JSON:
@@ -208,6 +247,27 @@ def render(results: JSON) -> str:
                         str(r["records"])] for i, r in enumerate(in_place["runs"])]),
         "",
     ]
+    verified = results["restore"].get("verification")
+    if verified:
+        names = sorted(k.removeprefix("service:") for k in verified if k.startswith("service:"))
+        lines += [
+            "## Verified by restoring",
+            "",
+            f"Between the clones and the restores in place, {len(verified['runs'])} verifications of the "
+            "group by restoring it, one after another, each asked for by a new value of the group's "
+            "`snapgroup.dev/verify-requested` annotation. *Answered*: the annotation set -> the "
+            "verification's answer in the status (every snapshot restored into a scratch claim, each "
+            "service started on them and its newest record read and compared, everything removed), "
+            "each run checked Verified=True. *Status*: the verification's own `seconds`. Per service: "
+            "from the verification's start to that service read.",
+            "",
+            report._table(["verification", "median s", "p90 s", "min s", "max s", "n"],
+                          [report._summary_row("answered", verified["answered"]),
+                           report._summary_row("status.verification.seconds", verified["status"]),
+                           *[report._summary_row(f"{name} read", verified[f"service:{name}"])
+                             for name in names]]),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -215,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     """Cluster up, measure, write the report, cluster down."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.restore", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=RUNS,
-                        help=f"clones, and restores in place, to time (default {RUNS} each)")
+                        help=f"clones, verifications and restores in place to time (default {RUNS} each)")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "benchmarks")
     args = parser.parse_args(argv)
     state_dir = Path(tempfile.mkdtemp(prefix="snapgroup-bench-restore-"))

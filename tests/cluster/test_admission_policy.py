@@ -27,6 +27,7 @@ pytestmark = pytest.mark.cluster
 
 POLICY = "snapgroup-requester-may-freeze"
 RESTORE_POLICY = "snapgroup-requester-may-restore"
+VERIFY_POLICY = "snapgroup-requester-may-verify"
 CREATE_GROUPS = {"apiGroups": ["snapgroup.dev"],
                  "resources": ["snapshotgroups", "scheduledsnapshotgroups"], "verbs": ["create"]}
 SCALE_ALL = {"apiGroups": ["apps"], "resources": ["deployments/scale", "statefulsets/scale"],
@@ -36,6 +37,7 @@ SNAPSHOTS = {"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnap
              "verbs": ["create"]}
 CREATE_RESTORES = {"apiGroups": ["snapgroup.dev"], "resources": ["snapshotgrouprestores"],
                    "verbs": ["create"]}
+ANNOTATE_GROUPS = {"apiGroups": ["snapgroup.dev"], "resources": ["snapshotgroups"], "verbs": ["patch", "get"]}
 RESTORE_BASICS = [CREATE_RESTORES, {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]}]
 USERS: dict[str, list[dict[str, Any]]] = {
     # May do everything the sample group asks for.
@@ -52,6 +54,13 @@ USERS: dict[str, list[dict[str, Any]]] = {
                 "resourceNames": ["data-writer"]},
                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
                 "resourceNames": SECRETS}],
+    # May do all the sample group asks for, annotate groups, and create what a verification makes.
+    "verifier": [CREATE_GROUPS, SCALE_ALL, SNAPSHOTS,
+                 {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+                 {"apiGroups": [""], "resources": ["persistentvolumeclaims", "pods"], "verbs": ["create"]},
+                 ANNOTATE_GROUPS],
+    # May annotate groups, and nothing else.
+    "annotator": [ANNOTATE_GROUPS],
     # May create restores, and nothing else.
     "restore-only": [CREATE_RESTORES],
     # May create claims and workloads (a clone), not delete claims or scale (in place).
@@ -102,6 +111,14 @@ class Users:
             [str(self.kubectl_bin), "--kubeconfig", str(self.configs[user]), "--request-timeout=30s",
              "create", "--dry-run=server", "-o", "name", "-f", "-"],
             input=yaml.safe_dump(body), capture_output=True, text=True, timeout=60, check=False)
+
+    def annotate(self, user: str, name: str, value: str) -> subprocess.CompletedProcess[str]:
+        """A server-side dry run of `kubectl annotate` on a SnapshotGroup, as user."""
+        return subprocess.run(
+            [str(self.kubectl_bin), "--kubeconfig", str(self.configs[user]), "--request-timeout=30s",
+             "annotate", "--dry-run=server", "--overwrite", f"snapshotgroup/{name}",
+             f"snapgroup.dev/verify-requested={value}"],
+            capture_output=True, text=True, timeout=60, check=False)
 
     def admitted(self, user: str, body: dict[str, Any]) -> None:
         done = self.create(user, body)
@@ -221,6 +238,31 @@ def restore(namespace: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "snapgroup.dev/v1alpha1", "kind": "SnapshotGroupRestore",
             "metadata": {"name": f"r-{uuid.uuid4().hex[:6]}", "namespace": namespace},
             "spec": {"groupName": "bleater-snapshot", **spec}}
+
+
+def test_a_verification_by_restoring_needs_the_right_to_create_what_it_makes(
+    users: Users, local_cluster: Any
+) -> None:
+    namespace = ns(users)
+    users.admitted("verifier", group(namespace, verify="Restore"))
+    message = users.refused("allowed", group(namespace, verify="Restore"), VERIFY_POLICY)
+    assert f"may not create persistentvolumeclaims in {namespace}" in message and "verify: Restore" in message
+    message = users.refused("allowed", schedule(namespace, group(namespace, verify="Restore")["spec"]),
+                            VERIFY_POLICY)
+    assert "verify: Restore" in message
+    users.admitted("allowed", group(namespace, verify="None"))
+    # Asking with the annotation (`snapgroup verify --restore`) needs the same.
+    stored = group(namespace)
+    local_cluster.kubectl("create", "-f", "-", input=yaml.safe_dump(stored))
+    name = stored["metadata"]["name"]
+    try:
+        done = users.annotate("annotator", name, "first")
+        assert done.returncode != 0 and VERIFY_POLICY in done.stderr, done
+        assert "the snapgroup.dev/verify-requested annotation" in done.stderr
+        done = users.annotate("verifier", name, "first")
+        assert done.returncode == 0, done.stderr
+    finally:
+        local_cluster.kubectl("delete", "snapshotgroup", name, "-n", namespace, "--wait=false", check=False)
 
 
 def test_a_restore_in_place_needs_the_right_to_replace_claims_and_stop_workloads(users: Users) -> None:

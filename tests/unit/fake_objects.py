@@ -339,7 +339,8 @@ class FakeObjects:
         if kind == "Pod" and status.get("phase") != "Running":
             if not self._can_start(obj["spec"], ns):
                 return False
-            obj["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            obj["status"] = {"phase": "Running", "podIP": f"10.244.0.{next(self._ips)}",
+                             "conditions": [{"type": "Ready", "status": "True"}]}
             return True
         pre_bound = obj["spec"].get("volumeName") if kind == "PersistentVolumeClaim" else None
         if pre_bound and status.get("phase") != "Bound":

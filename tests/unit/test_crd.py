@@ -142,6 +142,7 @@ def test_snapshotgroup_names_and_printer_columns() -> None:
     assert [(n, c["jsonPath"], c["type"]) for n, c in columns.items()] == [
         ("Phase", ".status.phase", "string"),
         ("Consistent", ".status.consistent", "boolean"),
+        ("Verified", ".status.verified", "boolean"),
         ("Freeze", ".status.freeze.seconds", "number"),
         ("Snapshots", ".status.snapshotsReady", "string"),
         ("Age", ".metadata.creationTimestamp", "date"),

@@ -284,6 +284,25 @@ def test_an_inconsistent_success_is_never_the_last_successful_group() -> None:
     assert is_good(child("good", "Succeeded", t0))
 
 
+def test_the_newest_verified_group_is_never_pruned() -> None:
+    t0 = utc("2026-03-01T00:00:00")
+    # g0 was verified by restoring it; g1..g3 succeeded later but were not (or failed verification).
+    groups = [child("g0", "Succeeded", t0, verified=True),
+              child("g1", "Succeeded", t0 + timedelta(hours=1), verified=False),
+              child("g2", "Succeeded", t0 + timedelta(hours=2)),
+              child("g3", "Succeeded", t0 + timedelta(hours=3), verified=None),
+              child("g4", "Failed", t0 + timedelta(hours=4), verified=True)]
+    by_count = {e.group.name for e in expired(groups, Retention(succeeded=1), t0 + timedelta(hours=5))}
+    assert by_count == {"g1", "g2"}
+    late = t0 + timedelta(days=9)
+    by_age = {e.group.name for e in expired(groups, Retention(max_age="1h", failed=0), late)}
+    assert by_age == {"g1", "g2", "g4"}  # g3: the newest success; g0: the newest verified
+    # Once a newer group is verified, the older verified one is an ordinary success again.
+    groups[2] = child("g2", "Succeeded", t0 + timedelta(hours=2), verified=True)
+    again = {e.group.name for e in expired(groups, Retention(succeeded=1), t0 + timedelta(hours=5))}
+    assert again == {"g0", "g1"}
+
+
 def test_groups_already_being_deleted_are_not_pruned_again() -> None:
     groups = [replace(g, deleting=True) if g.name == "g0" else g for g in history()]
     doomed = expired(groups, Retention(succeeded=1), utc("2026-03-02T00:00:00"))

@@ -30,6 +30,7 @@ from snapgroup.api.snapshotgroup import ServiceTarget
 from snapgroup.hooks import mongodb as mongodb_hook
 from snapgroup.hooks.mongodb import MAX_UNLOCKS
 from snapgroup.hooks.registry import HookContext, ServiceHook, lookup
+from snapgroup.hooks.services import ServiceHookType, address_of, pointed_at
 from snapgroup.ports import BackupEnd, BackupWal, ClockSample, NewestObject, PlanError, StepError
 
 NS = "bleater"
@@ -636,3 +637,60 @@ async def test_session_reprs_carry_no_credentials(closed_port: int) -> None:
     with pytest.raises(StepError) as caught:
         await PostgresConnection.open(_secrets_for("postgresql", closed_port), 1.0)
     assert PASSWORD not in str(caught.value)
+
+
+@pytest.mark.parametrize(("secret", "host", "port", "expected"), [
+    ({"host": "127.96.0.10", "port": "5432"}, "10.244.0.7", 5433, {"host": "10.244.0.7", "port": "5433"}),
+    ({"uri": "mongodb://u:p@127.96.0.11:27017,127.96.0.21:27017/?authSource=admin"}, "10.244.0.8", 27017,
+     {"uri": "mongodb://u:p@10.244.0.8:27017/?authSource=admin"}),
+    ({"uri": "mongodb+srv://u:p@db.example.com/app"}, "10.244.0.8", None,
+     {"uri": "mongodb://u:p@10.244.0.8/app"}),
+    ({"uri": "postgresql://bleater@postgres.bleater.svc:5432/bleater?sslmode=disable"}, "10.244.0.9", 5432,
+     {"uri": "postgresql://bleater@10.244.0.9:5432/bleater?sslmode=disable"}),
+    ({"uri": "host=a,b port=5432 dbname=bleater user=u"}, "10.244.0.9", 6432,
+     {"uri": "host=10.244.0.9 port=6432 dbname=bleater user=u"}),
+    ({"endpoint": "https://minio.bleater.svc:9000", "accessKey": "k"}, "10.244.0.10", 9443,
+     {"endpoint": "https://10.244.0.10:9443", "accessKey": "k"}),
+    ({"endpoint": "127.96.0.12:9000"}, "fd00::7", None, {"endpoint": "[fd00::7]:9000"}),
+])
+def test_a_secrets_address_is_pointed_elsewhere_keeping_credentials_and_options(
+    secret: dict[str, str], host: str, port: int | None, expected: dict[str, str]
+) -> None:
+    assert pointed_at(secret, host, port) == expected
+
+
+@pytest.mark.parametrize(("secret", "expected"), [
+    ({"host": "127.96.0.10", "port": "5432"}, ("127.96.0.10", 5432)),
+    ({"host": "postgres"}, ("postgres", None)),
+    ({"uri": "mongodb://u:p@Mongo.Bleater.svc:27017,b:1/?x=y"}, ("mongo.bleater.svc", 27017)),
+    ({"uri": "postgresql://u@[fd00::1]:5432/db"}, ("fd00::1", 5432)),
+    ({"uri": "host=a,b port=6432,6433 dbname=x"}, ("a", 6432)),
+    ({"endpoint": "http://minio:9000"}, ("minio", 9000)),
+])
+def test_the_address_a_secret_names(secret: dict[str, str], expected: tuple[str, int | None]) -> None:
+    assert address_of(secret) == expected
+
+
+async def test_the_newest_record_of_a_copy_is_read_at_the_relocated_address_with_the_readers_secret() -> None:
+    reader = {"host": "127.96.0.10", "port": "5432", "username": "reader", "password": "r"}
+    cluster = FakeCluster({(NS, "postgresql-credentials"): SECRETS["postgresql"], (NS, "pg-reader"): reader})
+    connectors = FakeConnectors()
+    target = ServiceTarget.model_validate({
+        "name": "pg", "type": "postgresql", "pvcs": ["pg-data"],
+        "connection": {"secretRef": {"name": "postgresql-credentials"}},
+        "lastRecord": {**LAST_RECORDS["postgresql"], "secretRef": {"name": "pg-reader"}}})
+    hook_type = lookup("postgresql")
+    assert isinstance(hook_type, ServiceHookType)
+    moved: list[tuple[str, int | None]] = []
+
+    def relocate(host: str, port: int | None) -> tuple[str, int | None]:
+        moved.append((host, port))
+        return "10.244.0.7", 5433
+
+    newest = await hook_type.newest_at(context(cluster, connectors), target, relocate, PATH)
+    assert newest == NEWEST
+    assert moved == [("127.96.0.10", 5432)]
+    assert connectors.connected == [{**reader, "host": "10.244.0.7", "port": "5433"}]
+    assert connectors.postgres_session.closed == 1
+    without = target.model_copy(update={"last_record": None})
+    assert await hook_type.newest_at(context(cluster, connectors), without, relocate, PATH) is None

@@ -128,15 +128,16 @@ def _scheduled_group(obj: dict[str, Any]) -> ScheduledGroup:
         completed_at=_time(status.get("completionTime")),
         deleting=bool(meta.get("deletionTimestamp")),
         keeps_snapshots=(obj.get("spec") or {}).get("snapshotDeletionPolicy") == "Retain",
-        consistent=_consistent(status),
+        consistent=_condition(status, "Consistent"),
+        verified=_condition(status, "Verified"),
     )
 
 
-def _consistent(status: dict[str, Any]) -> bool | None:
-    """The Consistent condition as a bool (None while Unknown or absent); the condition is the API,
-    status.consistent only its mirror."""
+def _condition(status: dict[str, Any], kind: str) -> bool | None:
+    """A condition (Consistent, Verified) as a bool (None while Unknown or absent); the condition
+    is the API, status.consistent and status.verified only its mirrors."""
     condition = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "Consistent"), None
+        (c for c in status.get("conditions") or [] if c.get("type") == kind), None
     )
     if condition is None:
         return None

@@ -170,6 +170,10 @@ SNAPSHOT_GROUP_COLUMNS = (
         "No record in any service is newer than the earliest snapshot.",
     ),
     PrinterColumn(
+        "Verified", ".status.verified", "boolean",
+        "Restored into scratch claims, every service started and held what the group recorded.",
+    ),
+    PrinterColumn(
         "Freeze", ".status.freeze.seconds", "number",
         "Seconds writers were isolated and services quiesced.",
     ),

@@ -277,6 +277,14 @@ class SnapshotGroupSpec(ApiModel):
     backoff_limit: int = Field(default=2, ge=0, le=10)
     """How many times a failed attempt (operator restart, API errors, freeze budget, lost session)
     is retried after it was undone, like a Job's backoffLimit. A bad spec is never retried."""
+    verify: Literal["None", "Restore"] = "None"
+    """Restore: once the group succeeded, its snapshots are restored into scratch claims in its
+    namespace, each service is started there on them (in pods no Service selects) and its newest
+    record read and compared with what the group recorded while frozen; the Verified condition
+    says how that went. The namespace grants it with a RoleBinding of snapgroup-restore-target."""
+    verify_timeout: Duration = "10m"
+    """How long a verification may take to restore, start and read every service; what it made
+    is removed either way."""
 
     @field_validator("services")
     @classmethod
@@ -323,6 +331,38 @@ class FreezeWindow(ApiModel):
     """Where the window went, in seconds: per step (isolate, quiesce, cut, record, resume),
     waitingOnPods (writer pods to terminate), waitingOnCut (the CSI driver), and operator (the
     rest: the operator's own share)."""
+
+
+class ServiceVerification(ApiModel):
+    """One service of the group, started on its restored snapshots and read."""
+
+    name: str
+    """The service (spec.services[].name)."""
+    pods: list[str] = Field(default_factory=list)
+    """The scratch pods it was started in (removed afterwards)."""
+    restored_newest_record: datetime | None = None
+    """The newest record the restored service holds."""
+    recorded_newest_record: datetime | None = None
+    """The newest record the group read from the live service while frozen."""
+    matches: bool | None = None
+    """True: the restored newest record equals the recorded one and is not newer than the
+    earliest cut; None: not compared (no lastRecord, or the service did not answer)."""
+    seconds: float | None = None
+    """From the start of the verification to this service's answer."""
+    message: str = ""
+
+
+class VerificationStatus(ApiModel):
+    """The latest verification of the group by restoring it."""
+
+    request: str
+    """What asked for it: ``spec.verify``, or the value of the snapgroup.dev/verify-requested
+    annotation (`snapgroup verify --restore`)."""
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    seconds: float | None = None
+    """From start to every service read and everything it made removed."""
+    services: list[ServiceVerification] = Field(default_factory=list)
 
 
 class VolumeSnapshotStatus(ApiModel):
@@ -445,11 +485,16 @@ class SnapshotGroupStatus(ApiModel):
     """Ready snapshots out of all, e.g. 3/3."""
     consistent: bool | None = None
     """Mirror of the Consistent condition for printer columns."""
+    verified: bool | None = None
+    """Mirror of the Verified condition for printer columns (None until verified by restoring)."""
+    verification: VerificationStatus | None = None
+    """The latest verification by restoring (spec.verify: Restore, or `snapgroup verify --restore`)."""
     conditions: list[Condition] = Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    """Succeeded, Quiesced, SnapshotsCut, SnapshotsReady, Consistent (and Waiting when queued)."""
+    """Succeeded, Quiesced, SnapshotsCut, SnapshotsReady, Consistent (and Waiting when queued);
+    Verified once verified by restoring."""
     services: list[ServiceStatus] = Field(default_factory=list)
     """Per service: snapshots, newest record time, evidence."""
     writers: list[WriterStatus] = Field(default_factory=list)

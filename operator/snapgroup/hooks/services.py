@@ -8,7 +8,7 @@ every failure into a PlanError that names the offending field of the spec.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -239,6 +239,30 @@ class ServiceHookType(HookType[ServiceTarget], Generic[SessionT]):
         except StepError as exc:
             raise plan_error(exc, path, name, field) from None
 
+    async def newest_at(
+        self, ctx: HookContext, service: ServiceTarget,
+        relocate: Callable[[str, int | None], tuple[str, int | None]], path: str,
+    ) -> datetime | None:
+        """The newest record of a copy of the service's server (a restored one) at relocate(the
+        Secret's host and port), read with the service's credentials as lastRecord says; None
+        without lastRecord.
+
+        Raises StepError when the copy cannot be reached or read, PlanError when a Secret is
+        missing or incomplete."""
+        if service.last_record is None:
+            return None
+        reader = service.last_record.secret_ref
+        name, field = ((reader.name, "lastRecord.secretRef.name") if reader is not None
+                       else (service.connection.secret_ref.name, "connection.secretRef.name"))
+        secret = await read_secret(ctx, name, path, self.name, self.secret_layouts, field)
+        session = await self.connect(ctx.connectors, pointed_at(secret, *relocate(*address_of(secret))),
+                                     call_timeout(service), ctx.session_name)
+        try:
+            hook = await self.bind(ctx, service, session, path)
+            return await hook.read_newest(service.last_record)
+        finally:
+            await session.close()
+
     async def reconnect(self, ctx: HookContext, key: str, record: UndoRecord) -> SessionT:
         """A fresh session from the journal's connection record, for recovery after a restart.
 
@@ -268,6 +292,58 @@ def server_address(secret: Mapping[str, str]) -> str:
     host = secret.get("host", "").lower()
     port = secret.get("port", "")
     return f"{host}:{port}" if port else host
+
+
+def address_of(secret: Mapping[str, str]) -> tuple[str, int | None]:
+    """The first host a Secret names and its port (None when it names none)."""
+    uri = secret.get("uri") or ""
+    if uri and "://" not in uri and "=" in uri:  # libpq's keyword form
+        words = dict(w.partition("=")[::2] for w in uri.split())
+        first, port = words.get("host", "").split(",")[0], words.get("port", "").split(",")[0]
+    else:
+        where = server_address(secret).split(",")[0]
+        if where.startswith("["):
+            first, _, rest = where[1:].partition("]")
+            port = rest.removeprefix(":")
+        elif where.count(":") == 1:
+            first, _, port = where.partition(":")
+        else:
+            first, port = where, ""
+    return first, int(port) if port.isdigit() else None
+
+
+def pointed_at(secret: Mapping[str, str], host: str, port: int | None) -> dict[str, str]:
+    """The Secret's data with its server's address (``uri``, ``endpoint``, or ``host`` and
+    ``port``) replaced by host:port; credentials and options stay. port None keeps the port."""
+    out = dict(secret)
+    for key in ("uri", "endpoint"):
+        if out.get(key):
+            out[key] = _with_authority(out[key], host, port)
+    if out.get("host"):
+        out["host"] = host
+        if port is not None:
+            out["port"] = str(port)
+    return out
+
+
+def _with_authority(address: str, host: str, port: int | None) -> str:
+    """A URI (``scheme://creds@hosts/rest``), a bare ``host:port``, or libpq's keyword form
+    (``host=... port=...``) with its host (every host of a list) replaced."""
+    if "://" not in address and "=" in address:
+        keywords = [w for w in address.split() if not w.startswith(("host=", "hostaddr=", "port="))]
+        return " ".join([f"host={host}", *([f"port={port}"] if port is not None else []), *keywords])
+    scheme, _, rest = address.rpartition("://")
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    credentials, _, hosts = authority.rpartition("@")
+    first = hosts.split(",")[0]
+    old_port = first.rpartition("]")[2].rpartition(":")[2] if ":" in first.rpartition("]")[2] else ""
+    new_port = str(port) if port is not None else old_port
+    bracketed = f"[{host}]" if ":" in host else host
+    where = f"{bracketed}:{new_port}" if new_port else bracketed
+    if scheme == "mongodb+srv":
+        scheme = "mongodb"  # an address, not a DNS SRV name
+    return (f"{scheme}://" if scheme else "") + (f"{credentials}@" if credentials else "") + where + tail
 
 
 def journal_int(record: Mapping[str, Any], key: str) -> int | None:

@@ -156,10 +156,11 @@ def plan_in_place(
     proofs: list[JSON] = []
     secrets: list[JSON] = []
     preparations: dict[str, str] = {}
+    scratch_names = {s.pvc: s.scratch["metadata"]["name"] for s in swaps}
     for workload in serving:
-        for pod, restored in _proof_pods(ref, workload, by_claim):
+        for pod, restored in proof_pods(ref, workload, scratch_names):
             if len(restored) == 1:
-                swap = restored[0][1]
+                swap = by_claim[restored[0][1]]
                 preparations[workload_key(workload)] = add_preparation(
                     pod["spec"], restored[0][0], swap.service, service_types.get(swap.service, ""),
                     world.snapshots.get(swap.snapshot) or {}, prepare, ref, operator_image, secrets,
@@ -195,47 +196,52 @@ def _swap(
     if (claim.get("status") or {}).get("phase") != "Bound" or volume_name not in volumes:
         raise PlanError("ClaimNotBound", path, f"claim {pvc} is not bound to a volume")
     volume = volumes[volume_name]
-    spec = claim["spec"]
-    if spec.get("storageClassName") == "":
-        # No provisioner restores a claim of no class: it would bind any free static volume.
-        raise PlanError("ClaimWithoutClass", path,
-                        f'claim {pvc} has storageClassName "" (a static volume): in place needs a class '
-                        "whose CSI driver restores snapshots; restore it as a clone")
-    size = ((spec.get("resources") or {}).get("requests") or {}).get("storage")
-    restore_size = snapshot_status.get("restoreSize")
-    if size is None or (restore_size and quantity(restore_size) > quantity(size)):
-        size = restore_size
-    claim_spec: JSON = {
-        "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
-        "volumeMode": spec.get("volumeMode") or "Filesystem",
-        "resources": {"requests": {"storage": size}},
-        **({"storageClassName": spec["storageClassName"]} if spec.get("storageClassName") else {}),
-    }
-    scratch = {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": shortened(f"{pvc}-restore-{ref.uid[:8]}", _CLAIM_NAME_LIMIT),
-                     "labels": ref.labels},
-        "spec": {**copy.deepcopy(claim_spec),
-                 "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
-                                "name": snapshot}},
-    }
+    scratch = scratch_claim(ref, claim, f"{pvc}-restore-{ref.uid[:8]}", snapshot, snapshot_status)
     annotations = {k: v for k, v in (claim["metadata"].get("annotations") or {}).items()
                    if not k.startswith(_BINDING_ANNOTATIONS)}
     replacement = {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": pvc, "labels": own_labels(claim),
                      "annotations": {**annotations, RESTORED_FROM: snapshot}},
-        "spec": claim_spec,
+        "spec": {k: v for k, v in scratch["spec"].items() if k != "dataSource"},
     }
     return Swap(service, snapshot, pvc, volume_name,
                 str(volume["spec"].get("persistentVolumeReclaimPolicy") or "Delete"), scratch, replacement)
 
 
-def _proof_pods(
-    ref: RestoreRef, workload: JSON, by_claim: dict[str, Swap]
-) -> list[tuple[JSON, list[tuple[str, Swap]]]]:
-    """Pods of the workload's template on the scratch claims: one for a Deployment, one per
-    replica for a StatefulSet's claim templates; with (volume name, swap) of each restored claim."""
+def scratch_claim(ref: RestoreRef, claim: JSON, name: str, snapshot: str, snapshot_status: JSON) -> JSON:
+    """A claim like `claim` (modes, class, size: at least the snapshot's restoreSize) restored
+    from the snapshot, under `name`. PlanError for a claim of no class."""
+    spec = claim["spec"]
+    pvc = claim["metadata"]["name"]
+    if spec.get("storageClassName") == "":
+        # No provisioner restores a claim of no class: it would bind any free static volume.
+        raise PlanError("ClaimWithoutClass", "spec.groupName",
+                        f'claim {pvc} has storageClassName "" (a static volume): restoring it here needs '
+                        "a class whose CSI driver restores snapshots; restore it as a clone")
+    size = ((spec.get("resources") or {}).get("requests") or {}).get("storage")
+    restore_size = snapshot_status.get("restoreSize")
+    if size is None or (restore_size and quantity(restore_size) > quantity(size)):
+        size = restore_size
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": shortened(name, _CLAIM_NAME_LIMIT), "labels": ref.labels},
+        "spec": {
+            "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+            "volumeMode": spec.get("volumeMode") or "Filesystem",
+            "resources": {"requests": {"storage": size}},
+            **({"storageClassName": spec["storageClassName"]} if spec.get("storageClassName") else {}),
+            "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snapshot},
+        },
+    }
+
+
+def proof_pods(
+    ref: RestoreRef, workload: JSON, scratch: dict[str, str], kind: str = "proof"
+) -> list[tuple[JSON, list[tuple[str, str]]]]:
+    """Pods of the workload's template on the scratch claims (claim name -> scratch claim name):
+    one for a Deployment, one per replica for a StatefulSet's claim templates; with (volume name,
+    claim) of each restored claim."""
     name = workload["metadata"]["name"]
     template = workload["spec"]["template"]
     ordinals = range(replicas_of(workload)) if workload["kind"] == "StatefulSet" else range(1)
@@ -244,30 +250,27 @@ def _proof_pods(
         pod_spec = copy.deepcopy(template.get("spec") or {})
         for key in ("nodeName", "hostname", "subdomain"):
             pod_spec.pop(key, None)
-        restored: list[tuple[str, Swap]] = []
+        restored: list[tuple[str, str]] = []
         for volume in pod_spec.get("volumes") or []:
             source = volume.get("persistentVolumeClaim")
-            if source and source["claimName"] in by_claim:
-                swap = by_claim[source["claimName"]]
-                source["claimName"] = swap.scratch["metadata"]["name"]
-                restored.append((volume["name"], swap))
+            if source and source["claimName"] in scratch:
+                restored.append((volume["name"], source["claimName"]))
+                source["claimName"] = scratch[source["claimName"]]
         if workload["kind"] == "StatefulSet":
             for claim_template in workload["spec"].get("volumeClaimTemplates") or []:
                 claim = f"{claim_template['metadata']['name']}-{name}-{ordinal}"
-                if claim in by_claim:
-                    swap = by_claim[claim]
+                if claim in scratch:
                     volume_name = claim_template["metadata"]["name"]
                     pod_spec.setdefault("volumes", []).append(
-                        {"name": volume_name,
-                         "persistentVolumeClaim": {"claimName": swap.scratch["metadata"]["name"]}})
-                    restored.append((volume_name, swap))
+                        {"name": volume_name, "persistentVolumeClaim": {"claimName": scratch[claim]}})
+                    restored.append((volume_name, claim))
         if not restored:
             continue
         suffix = f"-{ordinal}" if workload["kind"] == "StatefulSet" else ""
         pods.append(({
             "apiVersion": "v1", "kind": "Pod",
             # No label of the template: no Service, and no controller, ever picks this pod.
-            "metadata": {"name": shortened(f"{name}-proof-{ref.uid[:8]}{suffix}", _POD_NAME_LIMIT),
+            "metadata": {"name": shortened(f"{name}-{kind}-{ref.uid[:8]}{suffix}", _POD_NAME_LIMIT),
                          "labels": {**ref.labels, PROOF_LABEL: name}},
             "spec": pod_spec,
         }, restored))

@@ -26,9 +26,8 @@ from snapgroup.api.restore import (
     RestorePhase,
     SnapshotGroupRestoreSpec,
 )
-from snapgroup.api.snapshotgroup import KIND as GROUP_KIND
 from snapgroup.hooks.restore_prep import prepare_restore
-from snapgroup.ports import GROUP_GONE, ClusterObjects, PlanError, StepError
+from snapgroup.ports import ClusterObjects, PlanError, StepError
 
 from .in_place import InPlace, started_words
 from .in_place_plan import InPlacePlan, plan_in_place
@@ -42,14 +41,15 @@ from .restore_steps import (
     is_bound,
     is_ready,
     now,
+    read_world,
     time_left,
+    write_status,
+    write_status_surely,
 )
 
 log = logging.getLogger("snapgroup.restore")
 JSON = dict[str, Any]
 
-WRITE_PAUSES = (1.0, 2.0, 5.0, 10.0)
-"""Pauses between tries of a status write that must land; the last one repeats."""
 CLEANUP_TIMEOUT = 120.0
 """How long removing a failed restore's objects may take."""
 _CLEANUP_ORDER = ("Deployment", "StatefulSet", "Service", "Secret", "ConfigMap", "PersistentVolumeClaim",
@@ -328,30 +328,8 @@ class Restorer:
         return plan
 
     async def _world(self, ref: RestoreRef, spec: SnapshotGroupRestoreSpec) -> SourceWorld:
-        group = await self.objects.get(GROUP_KIND, ref.namespace, spec.group_name)
-        ns = ref.namespace
-        # By the names the group recorded, not by its label: a snapshot of that name cut by
-        # another group must read as not owned, never as gone.
-        recorded = ((group or {}).get("status") or {}).get("services") or []
-        names = sorted({snap.get("name") for service in recorded
-                        for snap in service.get("volumeSnapshots") or []} - {None})
-        found = await asyncio.gather(*(self.objects.get("VolumeSnapshot", ns, n) for n in names))
-        snapshots = [s for s in found if s is not None]
-        pvcs, deployments, statefulsets, services, classes = await asyncio.gather(*(
-            self.objects.list(kind, "" if kind == "StorageClass" else ns)
-            for kind in ("PersistentVolumeClaim", "Deployment", "StatefulSet", "Service", "StorageClass")))
-        target = await self.objects.get("Namespace", "", spec.target_namespace or ref.namespace)
-        content_names = {(s.get("status") or {}).get("boundVolumeSnapshotContentName") for s in snapshots}
-        contents = await asyncio.gather(*(self.objects.get("VolumeSnapshotContent", "", n)
-                                          for n in sorted(filter(None, content_names))))
-        return SourceWorld(
-            group=group,
-            snapshots={s["metadata"]["name"]: s for s in snapshots},
-            contents={c["metadata"]["name"]: c for c in contents if c is not None},
-            pvcs={p["metadata"]["name"]: p for p in pvcs},
-            workloads=[*deployments, *statefulsets],
-            services=services, storage_classes=classes, target_namespace=target,
-        )
+        return await read_world(self.objects, ref.namespace, spec.group_name,
+                                spec.target_namespace or ref.namespace)
 
     async def _check_conflicts(self, ref: RestoreRef, target: str, plan: RestorePlan) -> None:
         found = await asyncio.gather(*(self.objects.get(kind, target, name) for kind, name in plan.created()))
@@ -459,31 +437,11 @@ class Restorer:
     async def _write_surely(self, ref: RestoreRef, status: JSON) -> None:
         """A status write the world already depends on (swapped, or the end): retried until it
         lands (or the restore is gone), since a restarted operator acts on what it says."""
-        tries = 0
-        while True:
-            try:
-                await self._write(ref, status)
-                return
-            except StepError as exc:
-                pause = WRITE_PAUSES[min(tries, len(WRITE_PAUSES) - 1)]
-                tries += 1
-                log.warning("restore %s/%s: status not written (%s); again in %.0fs",
-                            ref.namespace, ref.name, exc, pause)
-                await asyncio.sleep(pause)  # back-off while the API server is away
+        await write_status_surely(self.objects, KIND, ref.namespace, ref.name, status)
 
     async def _write(self, ref: RestoreRef, status: JSON) -> None:
         """Patch the status; conditions replace those of their type, the others stay."""
-        try:
-            if "conditions" in status:
-                current = await self.objects.get(KIND, ref.namespace, ref.name) or {}
-                new = {c["type"] for c in status["conditions"]}
-                kept = [c for c in (current.get("status") or {}).get("conditions") or []
-                        if c.get("type") not in new]
-                status = {**status, "conditions": [*kept, *status["conditions"]]}
-            await self.objects.patch_status(KIND, ref.namespace, ref.name, status)
-        except StepError as exc:
-            if exc.reason != GROUP_GONE:
-                raise
+        await write_status(self.objects, KIND, ref.namespace, ref.name, status)
 
 
 def _plan_problem(exc: Exception, ref: RestoreRef) -> tuple[str, str]:

@@ -340,6 +340,7 @@ def expired(groups: Sequence[ScheduledGroup], retention: Retention, now: datetim
     every other finished group (Failed, or Succeeded but not proven consistent) counts against
     retention.failed, so inconsistent groups can never push a consistent one out. The count keeps
     the newest. maxAge prunes groups created before now - maxAge, except the newest good group.
+    The newest Verified group (restored and read back) is never pruned, whatever the limits.
     Running groups and groups already being deleted are never selected.
     """
     finished = sorted(
@@ -361,6 +362,9 @@ def expired(groups: Sequence[ScheduledGroup], retention: Retention, now: datetim
         for group in finished:
             if group is not spared and (group.created_at or taken_at(group)) < cutoff:
                 verdicts.setdefault(group.name, f"retention.maxAge={retention.max_age}")
+    verified = next((g for g in finished if g.verified is True and is_good(g)), None)
+    if verified is not None:
+        verdicts.pop(verified.name, None)
     return [Expired(g, verdicts[g.name]) for g in reversed(finished) if g.name in verdicts]
 
 

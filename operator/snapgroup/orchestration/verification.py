@@ -46,4 +46,15 @@ def verify(status: SnapshotGroupStatus) -> list[Check]:
                             writer.note or f"back to {writer.original_replicas} replica(s)"))
     verdict = consistency(status.services, earliest)
     checks.append(Check("group", "consistent", verdict.status == "True", verdict.message))
-    return checks
+    return checks + restored_checks(status)
+
+
+def restored_checks(status: SnapshotGroupStatus) -> list[Check]:
+    """The latest verification by restoring, once it answered: each service, and the verdict."""
+    verified = next((c for c in status.conditions if c.type == "Verified"), None)
+    if status.verification is None or verified is None or verified.status == "Unknown":
+        return []
+    checks = [Check(s.name, "restored holds the recorded newest record", s.matches is not False
+                    and s.seconds is not None, s.message) for s in status.verification.services]
+    return [*checks, Check("group", "verified by restoring", verified.status == "True",
+                           verified.message or verified.reason or verified.status)]
