@@ -178,6 +178,10 @@ async def test_wrong_secret_key_fails_plan_with_authentication_failed(
     assert caught.value.reason == "AuthenticationFailed"
     assert caught.value.field_path == f"{PATH}.connection.secretRef.name"
     assert wrong not in str(caught.value)
+    # The server answered with its own sentence; the message carries its code and our words.
+    assert "S3 error SignatureDoesNotMatch, HTTP 403: the secret key does not belong to the access key" \
+        in caught.value.message, caught.value.message
+    assert "we calculated" not in caught.value.message
 
 
 async def test_unreachable_endpoint_fails_plan_with_database_unreachable(

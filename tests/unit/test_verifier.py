@@ -338,3 +338,21 @@ async def test_a_verification_waits_while_as_many_as_allowed_run_and_says_so() -
     verifier.slots.release()
     await task
     assert verified(fake)[:2] == ("True", "Restored")
+
+
+async def test_a_new_request_clears_what_the_previous_verification_answered() -> None:
+    fake, servers, verifier = world()
+    await verifier.verify(KEY, SPEC_REQUEST)
+    assert status(fake).verification.completion_time is not None  # type: ignore[union-attr]
+    servers.answers_after = {s: 10**6 for s in CLAIMS}  # the next one is still reading
+    fake.objects[GROUP_KEY]["metadata"]["annotations"] = {VERIFY_REQUESTED: "second"}
+    task = asyncio.create_task(verifier.verify(KEY, "second"))
+    reads = len(servers.reads)
+    await fake.until(lambda: len(servers.reads) >= reads + 3)
+    current = status(fake)
+    assert current.verification is not None and current.verification.request == "second"
+    assert current.verification.completion_time is None and current.verification.seconds is None
+    assert current.verification.services == [] and current.verified is None
+    assert requested(fake.objects[GROUP_KEY]) == "second"  # unanswered: a restart runs it again
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

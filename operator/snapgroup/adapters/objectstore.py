@@ -7,6 +7,7 @@ retries) end each request, and asyncio.wait_for bounds the whole call.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,6 +25,22 @@ from snapgroup.ports import ClockSample, NewestObject, StepError
 _CREDENTIAL_ERRORS = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken"}
 )
+_S3_WORDS = {
+    "AccessDenied": "these keys may not do that",
+    "InvalidAccessKeyId": "the server does not know the access key",
+    "SignatureDoesNotMatch": "the secret key does not belong to the access key",
+    "InvalidToken": "the session token is not valid",
+    "NoSuchBucket": "the bucket does not exist",
+    "NoSuchKey": "the object does not exist",
+    "InvalidBucketName": "the bucket name is not valid",
+    "SlowDown": "the server asks its clients to slow down",
+    "ServiceUnavailable": "the server is not available now",
+    "InternalError": "the server failed; its own log says why",
+    "RequestTimeTooSkewed": "the operator's clock and the server's differ too much",
+}
+"""Our words for the S3 error codes a read meets: the server's own message never goes into a
+status or an Event (it is the server's text, and may quote what it holds)."""
+_S3_CODE = re.compile(r"[A-Za-z0-9.]{1,64}")
 _TRUE = frozenset({"true", "1", "yes", "on"})
 
 _TICK_WATCH = 1.2
@@ -214,8 +231,7 @@ class ObjectStoreConnection:
             ) from None
         except S3Error as exc:
             reason = "AuthenticationFailed" if exc.code in _CREDENTIAL_ERRORS else "QueryFailed"
-            detail = self._address.redact(f"{exc.code}: {exc.message}")
-            raise StepError(reason, f"{action} on {where}: {detail}") from None
+            raise StepError(reason, f"{action} on {where}: {_s3_words(exc)}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             detail = self._address.redact(str(exc))
             raise StepError(
@@ -227,8 +243,21 @@ class ObjectStoreConnection:
         except StepError:
             raise
         except MinioException as exc:
+            # InvalidResponseError and ServerError carry the server's answer: only its kind and
+            # status go on.
+            status = getattr(exc, "_code", None) or getattr(exc, "status_code", None)
             raise StepError(
-                "QueryFailed", f"{action} on {where}: {self._address.redact(str(exc))}"
+                "QueryFailed", f"{action} on {where}: {type(exc).__name__}"
+                + (f" (HTTP {status})" if isinstance(status, int) else "")
             ) from None
         finally:
             stop.set()
+
+
+def _s3_words(exc: S3Error) -> str:
+    """An S3 error in our words: its code (when it looks like one), the HTTP status, and what
+    the code means."""
+    code = exc.code if _S3_CODE.fullmatch(exc.code or "") else None
+    status = getattr(exc.response, "status", None)
+    words = _S3_WORDS.get(code or "", "an error the operator has no words for; the server's log says more")
+    return f"S3 error {code or '(no code)'}" + (f", HTTP {status}" if status else "") + f": {words}"

@@ -158,7 +158,9 @@ class Verifier:
         started = time.monotonic()
         start_time = _stamp(datetime.now(UTC))
         await write_status_surely(self.objects, KIND, key.namespace, key.name, {
-            "verified": None, "verification": {"request": request, "startTime": start_time, "services": []},
+            # A merge patch: what the previous verification wrote is cleared explicitly (null).
+            "verified": None, "verification": {"request": request, "startTime": start_time,
+                                               "completionTime": None, "seconds": None, "services": []},
             "conditions": [condition("Verified", "Unknown", "Verifying",
                                      "restoring the group's snapshots into scratch claims")]})
         try:
