@@ -15,10 +15,11 @@ from minio import Minio
 from pydantic import ValidationError
 
 import snapgroup.hooks.minio  # noqa: F401 - registers the hook type
+from snapgroup.adapters.objectstore import ObjectStoreConnection
 from snapgroup.api.snapshotgroup import ServiceTarget
 from snapgroup.hooks.evidence import skew_from
 from snapgroup.hooks.registry import HookContext, ServiceHook, lookup
-from snapgroup.ports import PlanError
+from snapgroup.ports import PlanError, StepError
 
 PATH = "spec.services[2]"
 SECRET = "minio-credentials"
@@ -178,10 +179,9 @@ async def test_wrong_secret_key_fails_plan_with_authentication_failed(
     assert caught.value.reason == "AuthenticationFailed"
     assert caught.value.field_path == f"{PATH}.connection.secretRef.name"
     assert wrong not in str(caught.value)
-    # The server answered with its own sentence; the message carries its code and our words.
-    assert "S3 error SignatureDoesNotMatch, HTTP 403: the secret key does not belong to the access key" \
-        in caught.value.message, caught.value.message
-    assert "we calculated" not in caught.value.message
+    # The message carries the S3 error's code and status, and our words for it.
+    assert "S3 error AccessDenied, HTTP 403: these keys may not do that" in caught.value.message, \
+        caught.value.message
 
 
 async def test_unreachable_endpoint_fails_plan_with_database_unreachable(
@@ -192,3 +192,19 @@ async def test_unreachable_endpoint_fails_plan_with_database_unreachable(
         await plan(hook_context(**{SECRET: secret}), target({"bucket": "bleater"}, "1s"))
     assert caught.value.reason == "DatabaseUnreachable"
     assert caught.value.field_path == f"{PATH}.connection"
+
+
+async def test_the_servers_own_error_message_never_reaches_a_status(s3_server: Any, bucket: str) -> None:
+    """A listing with a wrong secret key: the server answers with a sentence of its own (its XML
+    error body); what the operator reports is the code, the status and our words."""
+    wrong = s3_server.secret(secretKey="not-" + s3_server.secret_key)
+    session = await ObjectStoreConnection.open(wrong, 5)
+    try:
+        with pytest.raises(StepError) as caught:
+            await session.newest_object_time(bucket, "", "", 10)
+    finally:
+        await session.close()
+    assert caught.value.reason == "AuthenticationFailed"
+    assert ("S3 error SignatureDoesNotMatch, HTTP 403: the secret key does not belong to the access key"
+            in caught.value.message), caught.value.message
+    assert "we calculated" not in caught.value.message  # the stand-in's own sentence
