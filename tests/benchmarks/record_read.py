@@ -141,8 +141,12 @@ async def time_read(session: ObjectStoreConnection, setup: Setup, newest: dateti
     )
 
 
-async def run(objects: int) -> dict[str, object]:
-    """Fill a bucket with `objects` objects and time the read in each set-up."""
+async def run(objects: int, cap: int = DEFAULT_MAX_OBJECTS, recent: int = RECENT) -> dict[str, object]:
+    """Fill a bucket with `objects` objects and time the read in each set-up: `capped` with
+    maxObjects `cap`, `startAfter` leaving the `recent` newest keys. Raises RuntimeError when a
+    read does not give what its set-up must (see `expected`)."""
+    if recent >= cap:
+        raise ValueError(f"recent ({recent}) must be below the cap ({cap})")
     root = Path(tempfile.mkdtemp(prefix="snapgroup-bench-s3-"))
     secret_key = "bench-" + os.urandom(8).hex()
     try:
@@ -161,8 +165,8 @@ async def run(objects: int) -> dict[str, object]:
             keys = sorted(name for name, _ in listing if name)
             newest = max(moment for _, moment in listing if moment)
             setups = [
-                Setup("capped", "", DEFAULT_MAX_OBJECTS),
-                Setup("startAfter", keys[-RECENT - 1] if objects > RECENT else "", DEFAULT_MAX_OBJECTS),
+                Setup("capped", "", cap),
+                Setup("startAfter", keys[-recent - 1] if objects > recent else "", cap),
                 Setup("unbounded", "", objects + 1),
             ]
             session = await ObjectStoreConnection.open(
@@ -173,11 +177,28 @@ async def run(objects: int) -> dict[str, object]:
                 await session.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    wrong = [f"{r.setup}: listed {r.listed}, complete {r.complete}, newest right {r.newest_is_right}"
+             for r in results
+             if (r.listed, r.complete, r.newest_is_right) != expected(r.setup, objects, cap, recent)]
+    if wrong:
+        raise RuntimeError("the read did not give what its set-up must: " + "; ".join(wrong))
     return {
         "objects": objects, "repeats": REPEATS, "fillSeconds": round(fill_seconds, 2),
         "fullListingSeconds": round(list_seconds, 2),
         "results": [asdict(r) for r in results],
     }
+
+
+def expected(setup: str, objects: int, cap: int, recent: int) -> tuple[int, bool, bool]:
+    """(listed, complete, newest right) a set-up must give: capped stops at the cap (incomplete,
+    so its newest is only a hint, and wrong: the keys sort oldest first) when the bucket holds
+    more; startAfter lists the recent keys (fewer than the cap), complete; unbounded lists
+    everything."""
+    if setup == "capped":
+        return (cap, False, False) if objects > cap else (objects, True, True)
+    if setup == "startAfter":
+        return min(recent, objects), True, True
+    return objects, True, True
 
 
 def render(report: dict[str, object]) -> str:
