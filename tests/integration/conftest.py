@@ -16,6 +16,7 @@ that build.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -123,9 +124,10 @@ class PostgresServer:
         return self.log_path.read_text(errors="replace")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL 15 cluster on 127.0.0.1 with a free port, password auth only.
+@contextlib.contextmanager
+def running_postgres(env: dict[str, str] | None = None) -> Iterator[PostgresServer]:
+    """A PostgreSQL 15 cluster on 127.0.0.1 with a free port, password auth only, its server
+    started with `env` added to the environment; removed afterwards.
 
     full_page_writes is off: PostgreSQL then writes full-page images only while a backup is
     running, which lets a test observe backup mode from another session.
@@ -152,7 +154,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     subprocess.run(
         as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(server.data_dir), "-l",
                      str(server.log_path), "-o", options, "-w", "start"]),
-        check=True, capture_output=True,
+        check=True, capture_output=True, env={**os.environ, **(env or {})},
     )
     try:
         yield server
@@ -163,6 +165,13 @@ def postgres_server() -> Iterator[PostgresServer]:
             check=False, capture_output=True,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL (see `running_postgres`)."""
+    with running_postgres() as server:
+        yield server
 
 
 # --- MongoDB and S3 stand-ins ---------------------------------------------------------------
