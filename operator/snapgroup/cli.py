@@ -369,7 +369,9 @@ async def _verify_by_restoring(runtime: Runtime, args: argparse.Namespace) -> in
     await runtime.objects.patch(KIND, args.namespace, args.name,
                                 {"metadata": {"annotations": {VERIFY_REQUESTED: request}}})
     spec = SnapshotGroupSpec.model_validate(group.get("spec") or {})
-    print(f"{title}: verification requested ({VERIFY_REQUESTED}={request})", flush=True)
+    quiet = args.output == "json"  # stdout is then the checker's JSON only
+    if not quiet:
+        print(f"{title}: verification requested ({VERIFY_REQUESTED}={request})", flush=True)
     seen: list[str] = []
 
     def answered(obj: dict[str, Any]) -> bool:
@@ -378,7 +380,8 @@ async def _verify_by_restoring(runtime: Runtime, args: argparse.Namespace) -> in
         mine = current.verification is not None and current.verification.request == request
         if mine and found is not None and (not seen or seen[-1] != found.message):
             seen.append(found.message or "")
-            print(f"Verified={found.status}: {found.message}", flush=True)
+            if not quiet:
+                print(f"Verified={found.status}: {found.message}", flush=True)
         return bool(mine and current.verification and current.verification.completion_time)
 
     timeout = parse_duration(args.timeout or spec.verify_timeout).total_seconds() + VERIFY_SLACK
@@ -390,6 +393,8 @@ async def _verify_by_restoring(runtime: Runtime, args: argparse.Namespace) -> in
         return EXIT_FAILED
     verification = SnapshotGroupStatus.model_validate(final.get("status") or {}).verification
     assert verification is not None
+    if quiet:
+        return EXIT_OK
     print(table(["service", "pods", "restored newest", "recorded newest", "match", "seconds", "detail"],
                 [[v.name, ", ".join(v.pods) or None, _time(v.restored_newest_record),
                   _time(v.recorded_newest_record), v.matches, v.seconds, v.message]

@@ -65,8 +65,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await runtime.restorer.close()
+        await runtime.runner.stop(timeout=STOP_TIMEOUT)  # open freeze windows thaw first
         await runtime.verifier.close()
-        await runtime.runner.stop(timeout=STOP_TIMEOUT)
         stop_event: asyncio.Event | None = memo.get("safety_net_stop")
         task: asyncio.Task[None] | None = memo.get("safety_net")
         if stop_event is not None and task is not None:

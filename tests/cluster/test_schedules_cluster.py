@@ -283,3 +283,81 @@ def test_cron_values_out_of_range_are_reported_in_ready(
         assert fixed["status"]["nextScheduleTime"].endswith("T03:00:00Z")
     finally:
         kube.custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, SCHEDULES, name)
+
+
+def condition_of(obj: dict[str, Any], kind: str) -> str | None:
+    found = next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == kind), None)
+    return None if found is None else str(found["status"])
+
+
+def test_inconsistent_groups_never_push_out_a_consistent_one_nor_the_newest_verified(
+    schedules_crd: None, kube: Kube, schedule_name: str
+) -> None:
+    """Retention keeps one success and one other group; the template changes on the way:
+    verified groups first, then groups made inconsistent (PostgreSQL's lastRecord reads an hour
+    ahead, a record "after" every cut), then good groups that nobody verifies."""
+    name = schedule_name
+    body = schedule(name, retention={"succeeded": 1, "failed": 1})
+    sample = copy.deepcopy(body["spec"]["template"]["spec"])
+    kube.custom.create_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, SCHEDULES, {**body, "spec": {**body["spec"], "template": {
+            "spec": {**sample, "verify": "Restore"}}}})
+    seen: Items = {}
+
+    def remember(items: Items) -> Items:
+        seen.update(items)
+        return items
+
+    def template(spec: dict[str, Any]) -> None:
+        kube.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, SCHEDULES, name, {"spec": {"template": {"spec": spec}}})
+
+    try:
+        watch_groups(kube, name, lambda items: any(condition_of(o, "Verified") == "True"
+                                                   for o in remember(items).values()),
+                     240, "a group verified by restoring")
+        late = copy.deepcopy(sample)
+        postgres = next(s for s in late["services"] if s["type"] == "postgresql")
+        postgres["lastRecord"] = {"query": "SELECT now() + interval '1 hour'"}
+        template({**late, "verify": "None"})
+
+        def inconsistent(items: Items) -> list[str]:
+            """Every inconsistent group seen so far (retention prunes them as they come)."""
+            remember(items)
+            return [n for n, o in seen.items()
+                    if phase(o) == "Succeeded" and (o.get("status") or {}).get("consistent") is False]
+
+        watch_groups(kube, name, lambda items: len(inconsistent(items)) >= 3, 240,
+                     "three inconsistent groups")
+        template({**sample, "verify": "None"})
+
+        def verified() -> str:
+            return max(n for n, o in seen.items() if condition_of(o, "Verified") == "True")
+
+        def settled(items: Items) -> bool:
+            remember(items)
+            now = live(items)
+            good = [n for n, o in now.items() if phase(o) == "Succeeded"
+                    and (o.get("status") or {}).get("consistent") is True and n > verified()
+                    and condition_of(o, "Verified") is None]
+            others = [n for n, o in now.items() if (o.get("status") or {}).get("consistent") is False]
+            return bool(good) and len(others) <= 1 and all(
+                phase(o) in ("Succeeded", "Failed") for o in now.values())
+
+        final = live(watch_groups(kube, name, settled, 240, "a newer unverified success, retention settled"))
+        newest_verified = verified()
+        # The fault, proven: inconsistent groups ran and all but one were pruned.
+        assert len(inconsistent(seen)) >= 3
+        gone = [n for n in inconsistent(seen) if n not in final]
+        assert len(gone) >= 2, (summary(final), inconsistent(seen))
+        # The newest verified group outlived retention.succeeded=1 with a newer success there.
+        assert newest_verified in final, (newest_verified, summary(final))
+        newest_good = max(n for n, o in final.items() if (o.get("status") or {}).get("consistent") is True)
+        assert newest_good > newest_verified
+        # Every success kept is the newest success or the newest verified one.
+        kept_good = sorted(n for n, o in final.items() if (o.get("status") or {}).get("consistent") is True)
+        assert kept_good == sorted({newest_good, newest_verified}), summary(final)
+        watch_schedule(kube, name, lambda s: s.get("status", {}).get("lastSuccessfulGroup") == newest_good,
+                       f"lastSuccessfulGroup {newest_good}")
+    finally:
+        kube.custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, SCHEDULES, name)

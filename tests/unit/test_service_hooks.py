@@ -692,5 +692,8 @@ async def test_the_newest_record_of_a_copy_is_read_at_the_relocated_address_with
     assert moved == [("127.96.0.10", 5432)]
     assert connectors.connected == [{**reader, "host": "10.244.0.7", "port": "5433"}]
     assert connectors.postgres_session.closed == 1
+    # Without lastRecord the copy is still asked something (its clock): it answered.
     without = target.model_copy(update={"last_record": None})
-    assert await hook_type.newest_at(context(cluster, connectors), without, relocate, PATH) is None
+    fresh = FakeConnectors()
+    assert await hook_type.newest_at(context(cluster, fresh), without, relocate, PATH) is None
+    assert fresh.connected == [{**SECRETS["postgresql"], "host": "10.244.0.7", "port": "5433"}]

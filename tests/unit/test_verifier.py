@@ -23,6 +23,7 @@ from unit.test_service_hooks import FakeClock
 JSON = dict[str, Any]
 KEY = GroupKey(SOURCE, GROUP, GROUP_UID)
 GROUP_KEY = ("SnapshotGroup", SOURCE, GROUP)
+OWNER = {"apiVersion": "snapgroup.dev/v1alpha1", "kind": "SnapshotGroup", "name": GROUP, "uid": GROUP_UID}
 RECORDED = datetime(2026, 11, 27, 12, 0, 0, 250000, tzinfo=UTC)
 """What the group read from each live service while frozen (before the cut at 12:00:01)."""
 LAST_RECORDS = {"postgres": {"table": "events", "column": "created_at"},
@@ -232,8 +233,11 @@ async def test_what_an_interrupted_verification_left_is_removed_before_it_runs_a
     fake, _, verifier = world()
     leftover = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                 "metadata": {"name": f"postgres-data-verify-{GROUP_UID[:8]}", "namespace": SOURCE,
-                             "uid": "uid-leftover", "labels": {VERIFICATION_LABEL: GROUP_UID}},
-                "spec": {"resources": {"requests": {"storage": "1Gi"}}}, "status": {"phase": "Bound"}}
+                             "uid": "uid-leftover", "labels": {VERIFICATION_LABEL: GROUP_UID},
+                             "ownerReferences": [OWNER]},
+                "spec": {"resources": {"requests": {"storage": "1Gi"}},
+                         "dataSource": {"kind": "VolumeSnapshot", "name": f"{GROUP}-postgres-postgres-data"}},
+                "status": {"phase": "Bound"}}
     fake.objects[("PersistentVolumeClaim", SOURCE, leftover["metadata"]["name"])] = leftover
     fake.objects[GROUP_KEY]["status"]["verification"] = {"request": SPEC_REQUEST,
                                                          "startTime": "2026-11-27T12:01:00Z"}
@@ -356,3 +360,85 @@ async def test_a_new_request_clears_what_the_previous_verification_answered() ->
     assert requested(fake.objects[GROUP_KEY]) == "second"  # unanswered: a restart runs it again
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_live_object_labelled_by_someone_else_is_never_deleted() -> None:
+    fake, _, verifier = world()
+    live = fake.objects[("PersistentVolumeClaim", SOURCE, "mongodb-data")]
+    live["metadata"]["labels"][VERIFICATION_LABEL] = GROUP_UID  # a patch right, not a delete right
+    live["metadata"]["ownerReferences"] = [OWNER]
+    pod = {"kind": "Pod", "metadata": {"name": "minio-pod-0", "namespace": SOURCE, "uid": "uid-p",
+                                       "labels": {VERIFICATION_LABEL: GROUP_UID}}, "spec": {}}
+    fake.objects[("Pod", SOURCE, "minio-pod-0")] = pod  # labelled, no owner reference to the group
+    await verifier.verify(KEY, SPEC_REQUEST)
+    assert verified(fake)[0] == "True", verified(fake)
+    assert ("PersistentVolumeClaim", SOURCE, "mongodb-data") in fake.objects
+    assert ("Pod", SOURCE, "minio-pod-0") in fake.objects
+    assert not [k for k in fake.deleted if k[2] in ("mongodb-data", "minio-pod-0")]
+
+
+async def test_a_failure_nobody_planned_for_is_still_an_answer_and_runs_once() -> None:
+    fake, _, verifier = world()
+    pod = f"minio-verify-{GROUP_UID[:8]}"
+    fake.fail_create[("Pod", pod)] = StepError("KubernetesApiError",
+                                               "create failed: HTTP 422: forbidden by PodSecurity")
+    fake.objects[("StatefulSet", SOURCE, "odd")] = {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "odd", "namespace": SOURCE, "uid": "uid-odd",
+                     "annotations": {"snapgroup.dev/original-replicas": "many"}},
+        "spec": {"replicas": 1, "template": {"spec": {"containers": []}}}}
+    body = fake.objects[GROUP_KEY]
+    verifier.seen(body)
+    task = verifier.tasks[GROUP_UID]
+    verifier.seen(body)  # an event from before the answer, once more
+    await task
+    state, reason, message = verified(fake)
+    assert state == "False" and reason in ("KubernetesApiError", "InternalError"), (reason, message)
+    assert status(fake).verification.completion_time is not None  # type: ignore[union-attr]
+    verifier.seen(body)  # the stale body again: this process answered that request already
+    assert not verifier.tasks
+    assert made(fake) == []
+
+
+async def test_a_request_made_while_one_runs_is_taken_when_it_ends() -> None:
+    fake, _, verifier = world()
+    verifier.seen(fake.objects[GROUP_KEY])
+    task = verifier.tasks[GROUP_UID]
+    fake.objects[GROUP_KEY]["metadata"]["annotations"] = {VERIFY_REQUESTED: "while-running"}
+    verifier.seen(fake.objects[GROUP_KEY])  # while the first runs
+    await task
+    await fake.until(lambda: GROUP_UID not in verifier.tasks
+                     or verifier.tasks[GROUP_UID] is not task)
+    second = verifier.tasks.get(GROUP_UID)
+    assert second is not None and second is not task
+    await second
+    assert status(fake).verification.request == "while-running"  # type: ignore[union-attr]
+    assert verified(fake)[0] == "True"
+
+
+async def test_removal_that_fails_is_recorded_and_finished_later_without_holding_a_slot() -> None:
+    fake, _, verifier = world()
+    fake.fail_list["Secret"] = StepError("KubernetesApiError", "list failed: HTTP 503: unavailable")
+    verifier.seen(fake.objects[GROUP_KEY])
+    task = verifier.tasks[GROUP_UID]
+    await fake.until(lambda: status(fake).verification is not None
+                     and status(fake).verification.completion_time is not None)  # type: ignore[union-attr]
+    current = status(fake).verification
+    assert current is not None and current.removed is False
+    assert "not all removed yet" in verified(fake)[2]
+    assert not verifier.slots.locked() and verifier.slots._value == MAX_VERIFICATIONS
+    del fake.fail_list["Secret"]
+    await task
+    assert status(fake).verification.removed is True  # type: ignore[union-attr]
+    assert made(fake) == []
+
+
+async def test_a_service_with_shared_storage_is_refused_before_anything_is_made() -> None:
+    fake, _, verifier = world()
+    minio = fake.objects[("Deployment", SOURCE, "minio")]["spec"]["template"]["spec"]
+    minio["volumes"].append({"name": "archive", "hostPath": {"path": "/srv/archive"}})
+    await verifier.verify(KEY, SPEC_REQUEST)
+    state, reason, message = verified(fake)
+    assert (state, reason) == ("False", "VolumeNotRestorable"), message
+    assert "spec.verify: Deployment/minio mounts volume archive (hostPath)" in message
+    assert not fake.created

@@ -10,7 +10,7 @@ from pydantic import AfterValidator, ConfigDict, Field
 
 from snapgroup.api import GROUP
 from snapgroup.api.base import ApiModel, Condition, Duration
-from snapgroup.api.labels import SCHEDULE_LABEL
+from snapgroup.api.labels import SCHEDULE_LABEL, VERIFY_REQUESTED
 from snapgroup.api.snapshotgroup import SnapshotGroupSpec
 
 KIND = "ScheduledSnapshotGroup"
@@ -58,6 +58,9 @@ class GroupTemplateMetadata(ApiModel):
             "x-kubernetes-validations": [
                 {"rule": f"!has(self.labels) || !('{SCHEDULE_LABEL}' in self.labels)",
                  "message": f"{SCHEDULE_LABEL} is set by the operator; remove it from the template"},
+                {"rule": f"!has(self.annotations) || !('{VERIFY_REQUESTED}' in self.annotations)",
+                 "message": f"{VERIFY_REQUESTED} asks for one verification of one group; for every "
+                            "group of the schedule set spec.template.spec.verify: Restore"},
             ]
         }
     )

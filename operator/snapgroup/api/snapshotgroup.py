@@ -340,6 +340,8 @@ class ServiceVerification(ApiModel):
     """The service (spec.services[].name)."""
     pods: list[str] = Field(default_factory=list)
     """The scratch pods it was started in (removed afterwards)."""
+    recovery: str | None = None
+    """How its server started on the restored data (e.g. PostgreSQL's backup recovery)."""
     restored_newest_record: datetime | None = None
     """The newest record the restored service holds."""
     recorded_newest_record: datetime | None = None
@@ -362,6 +364,8 @@ class VerificationStatus(ApiModel):
     completion_time: datetime | None = None
     seconds: float | None = None
     """From start to every service read and everything it made removed."""
+    removed: bool | None = None
+    """Everything the verification made is gone; false while removing it is still tried."""
     services: list[ServiceVerification] = Field(default_factory=list)
 
 

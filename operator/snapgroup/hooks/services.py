@@ -7,10 +7,12 @@ every failure into a PlanError that names the offending field of the spec.
 
 from __future__ import annotations
 
+import re
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from urllib.parse import parse_qsl, urlencode
 
 from pydantic import BaseModel
 
@@ -244,21 +246,25 @@ class ServiceHookType(HookType[ServiceTarget], Generic[SessionT]):
         relocate: Callable[[str, int | None], tuple[str, int | None]], path: str,
     ) -> datetime | None:
         """The newest record of a copy of the service's server (a restored one) at relocate(the
-        Secret's host and port), read with the service's credentials as lastRecord says; None
-        without lastRecord.
+        Secret's host and port), read with the service's credentials as lastRecord says. Without
+        lastRecord, the copy is asked for its clock (so it answered) and None returned.
 
         Raises StepError when the copy cannot be reached or read, PlanError when a Secret is
         missing or incomplete."""
-        if service.last_record is None:
-            return None
-        reader = service.last_record.secret_ref
+        reader = service.last_record.secret_ref if service.last_record is not None else None
         name, field = ((reader.name, "lastRecord.secretRef.name") if reader is not None
                        else (service.connection.secret_ref.name, "connection.secretRef.name"))
         secret = await read_secret(ctx, name, path, self.name, self.secret_layouts, field)
-        session = await self.connect(ctx.connectors, pointed_at(secret, *relocate(*address_of(secret))),
-                                     call_timeout(service), ctx.session_name)
+        try:
+            moved = pointed_at(secret, *relocate(*address_of(secret)))
+        except ValueError as exc:
+            raise StepError("SecretInvalid", f"Secret {name}: {exc}") from None
+        session = await self.connect(ctx.connectors, moved, call_timeout(service), ctx.session_name)
         try:
             hook = await self.bind(ctx, service, session, path)
+            if service.last_record is None:
+                await session.clock_sample()
+                return None
             return await hook.read_newest(service.last_record)
         finally:
             await session.close()
@@ -298,7 +304,7 @@ def address_of(secret: Mapping[str, str]) -> tuple[str, int | None]:
     """The first host a Secret names and its port (None when it names none)."""
     uri = secret.get("uri") or ""
     if uri and "://" not in uri and "=" in uri:  # libpq's keyword form
-        words = dict(w.partition("=")[::2] for w in uri.split())
+        words = {k.lower(): v.strip("'") for k, v in keyword_pairs(uri)}
         first, port = words.get("host", "").split(",")[0], words.get("port", "").split(",")[0]
     else:
         where = server_address(secret).split(",")[0]
@@ -326,15 +332,40 @@ def pointed_at(secret: Mapping[str, str], host: str, port: int | None) -> dict[s
     return out
 
 
+_ADDRESS_OPTIONS = frozenset({"host", "hostaddr", "port"})
+"""Connection options that say where the server is (libpq's): replaced, never kept."""
+_KEYWORD = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
+
+
+def keyword_pairs(text: str) -> list[tuple[str, str]]:
+    """libpq's keyword form (``host = a port=5432 password='x y'``) as (keyword, value as
+    written) pairs; ValueError for text it does not read in full."""
+    pairs: list[tuple[str, str]] = []
+    position = 0
+    while text[position:].strip():
+        match = _KEYWORD.match(text, position)
+        if match is None or match.end() == position:
+            raise ValueError("the Secret's uri is neither a URI nor libpq keyword=value pairs")
+        pairs.append((match.group(1), match.group(2)))
+        position = match.end()
+    return pairs
+
+
 def _with_authority(address: str, host: str, port: int | None) -> str:
-    """A URI (``scheme://creds@hosts/rest``), a bare ``host:port``, or libpq's keyword form
-    (``host=... port=...``) with its host (every host of a list) replaced."""
+    """A URI (``scheme://creds@hosts/rest?options``), a bare ``host:port``, or libpq's keyword
+    form with its host (every host of a list) replaced, and every other option that says where
+    the server is (host, hostaddr, port in the query or the keywords) dropped."""
     if "://" not in address and "=" in address:
-        keywords = [w for w in address.split() if not w.startswith(("host=", "hostaddr=", "port="))]
-        return " ".join([f"host={host}", *([f"port={port}"] if port is not None else []), *keywords])
+        kept = [f"{k}={v}" for k, v in keyword_pairs(address) if k.lower() not in _ADDRESS_OPTIONS]
+        return " ".join([f"host={host}", *([f"port={port}"] if port is not None else []), *kept])
     scheme, _, rest = address.rpartition("://")
     end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
     authority, tail = rest[:end], rest[end:]
+    path, _, query = tail.partition("?")
+    if query:
+        options = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
+                   if k.lower() not in _ADDRESS_OPTIONS]
+        tail = path + (f"?{urlencode(options)}" if options else "")
     credentials, _, hosts = authority.rpartition("@")
     first = hosts.split(",")[0]
     old_port = first.rpartition("]")[2].rpartition(":")[2] if ":" in first.rpartition("]")[2] else ""

@@ -236,18 +236,34 @@ def scratch_claim(ref: RestoreRef, claim: JSON, name: str, snapshot: str, snapsh
     }
 
 
+_PRIVATE_VOLUMES = frozenset({"persistentVolumeClaim", "configMap", "secret", "emptyDir", "projected",
+                              "downwardAPI", "ephemeral", "image"})
+"""Volume types a copy of a pod may have without sharing live storage with the original (a
+claim: the scratch one put in its place)."""
+
+
 def proof_pods(
-    ref: RestoreRef, workload: JSON, scratch: dict[str, str], kind: str = "proof"
+    ref: RestoreRef, workload: JSON, scratch: dict[str, str], kind: str = "proof",
+    path: str = "spec.inPlace",
 ) -> list[tuple[JSON, list[tuple[str, str]]]]:
     """Pods of the workload's template on the scratch claims (claim name -> scratch claim name):
     one for a Deployment, one per replica for a StatefulSet's claim templates; with (volume name,
-    claim) of each restored claim."""
+    claim) of each restored claim. PlanError (at path) for a template with a volume of shared
+    storage (hostPath, nfs, an inline CSI volume not read-only, ...): its copy would use it live."""
     name = workload["metadata"]["name"]
     template = workload["spec"]["template"]
     ordinals = range(replicas_of(workload)) if workload["kind"] == "StatefulSet" else range(1)
     pods = []
     for ordinal in ordinals:
         pod_spec = copy.deepcopy(template.get("spec") or {})
+        for volume in pod_spec.get("volumes") or []:
+            types = set(volume) - {"name"}
+            if types <= _PRIVATE_VOLUMES or (types == {"csi"} and volume["csi"].get("readOnly")):
+                continue
+            raise PlanError("VolumeNotRestorable", path,
+                            f"{workload['kind']}/{name} mounts volume {volume.get('name')} "
+                            f"({', '.join(sorted(types))}), storage it shares with the running pods: a "
+                            "copy of it started on the restored claims would use it live")
         for key in ("nodeName", "hostname", "subdomain"):
             pod_spec.pop(key, None)
         restored: list[tuple[str, str]] = []

@@ -23,7 +23,7 @@ from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, 
 
 from snapgroup.api import API_VERSION
 from snapgroup.api.base import parse_duration
-from snapgroup.api.labels import SCHEDULE_LABEL, label_value
+from snapgroup.api.labels import SCHEDULE_LABEL, VERIFY_REQUESTED, label_value
 from snapgroup.api.schedule import KIND as SCHEDULE_KIND
 from snapgroup.api.schedule import (
     SCHEDULE_PATTERN,
@@ -408,7 +408,10 @@ def group_manifest(
 ) -> dict[str, Any]:
     """The SnapshotGroup for one tick: the template, labelled, annotated and owned by the schedule."""
     labels = {**(template.metadata.labels or {}), SCHEDULE_LABEL: schedule_label_value(schedule)}
-    annotations = {**(template.metadata.annotations or {}), SCHEDULED_TIME_ANNOTATION: rfc3339(at)}
+    # A template cannot ask for verifications by annotation (its CRD refuses it; a template stored
+    # before that rule is not obeyed either): the admission policy checks spec.verify for that.
+    annotations = {k: v for k, v in (template.metadata.annotations or {}).items() if k != VERIFY_REQUESTED}
+    annotations[SCHEDULED_TIME_ANNOTATION] = rfc3339(at)
     return {
         "apiVersion": API_VERSION,
         "kind": GROUP_KIND,

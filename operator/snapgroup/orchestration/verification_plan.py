@@ -50,13 +50,8 @@ class VerificationPlan:
     """Files of a restored server's init step (PostgreSQL's backup label and WAL)."""
     serving: dict[str, list[str]]
     """Service name -> the scratch pods that mount its restored claims."""
-    preparations: dict[str, str] = field(default_factory=dict)
-    """Workload key -> how its server starts on the restored data."""
-
-    @property
-    def selector(self) -> str:
-        """What finds every object the verification made."""
-        return verification_selector(self.uid)
+    recovery: dict[str, str] = field(default_factory=dict)
+    """Service name -> how its server starts on the restored data."""
 
 
 def verification_selector(group_uid: str) -> str:
@@ -95,7 +90,7 @@ def plan_verification(
     service_types = {s.name: s.type for s in group_spec.services}
     pods: list[JSON] = []
     secrets: list[JSON] = []
-    preparations: dict[str, str] = {}
+    recovery: dict[str, str] = {}
     serving: dict[str, list[str]] = {s.name: [] for s in group_status.services}
     for workload in sorted(world.workloads, key=workload_key):
         mounted = claims_of(workload)
@@ -107,10 +102,10 @@ def plan_verification(
                 "ClaimNotInGroup", "spec.verify",
                 f"{workload_key(workload)} also mounts {', '.join(foreign)}, which the group did not "
                 "snapshot: a scratch copy of it would run on a live claim")
-        for pod, restored in proof_pods(ref, workload, scratch, kind="verify"):
+        for pod, restored in proof_pods(ref, workload, scratch, kind="verify", path="spec.verify"):
             if len(restored) == 1:
                 served, snapshot = service_of[restored[0][1]]
-                preparations[workload_key(workload)] = add_preparation(
+                recovery[served] = add_preparation(
                     pod["spec"], restored[0][0], served, service_types.get(served, ""),
                     world.snapshots.get(snapshot) or {}, prepare, ref, operator_image, secrets)
             pods.append(pod)
@@ -122,4 +117,4 @@ def plan_verification(
         body["metadata"]["labels"] = {**body["metadata"]["labels"], VERIFICATION_LABEL: group_uid}
         body["metadata"]["ownerReferences"] = [owner]
     return VerificationPlan(group_uid, group_spec, group_status, claims, pods, secrets,
-                            {name: sorted(set(names)) for name, names in serving.items()}, preparations)
+                            {name: sorted(set(names)) for name, names in serving.items()}, recovery)
