@@ -10,12 +10,14 @@ groups go through the operator's real plan against the API server: nothing crash
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -140,3 +142,39 @@ def test_planning_odd_selectors_and_names_against_the_api_server_never_crashes(
     problems = asyncio.run(plan())
     assert problems and all(field.startswith("spec.") for _, field in problems), problems
     assert ("SecretNotFound", "spec.services[0].connection.secretRef.name") in problems
+
+
+SAMPLE_SPEC: dict[str, Any] = yaml.safe_load((REPO / "deploy" / "samples" / "bleater-snapshotgroup.yaml")
+                                             .read_text())["spec"]
+ONE_FIELD_WRONG: list[tuple[tuple[str | int, ...], Any]] = [
+    (("freezeBudget",), "abc"),
+    (("verifyTimeout",), "1d"),
+    (("verify",), "Sometimes"),
+    (("backoffLimit",), 11),
+    (("volumeSnapshotClassName",), "UPPER case"),
+    (("services", 0, "name"), "Upper"),
+    (("services", 1, "connection", "timeout"), "-1s"),
+    (("services", 2, "lastRecord", "maxObjects"), 0),
+    (("writers", 0, "kind"), "DaemonSet"),
+]
+
+
+def spelled(path: tuple[str | int, ...]) -> str:
+    """A path as the API server spells it: spec.services[0].name."""
+    return "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+
+
+@pytest.mark.parametrize(("path", "value"), ONE_FIELD_WRONG, ids=[spelled(p) for p, _ in ONE_FIELD_WRONG])
+def test_one_wrong_field_is_the_field_both_the_api_server_and_the_model_name(
+    api: client.ApiClient, namespace: str, path: tuple[str | int, ...], value: Any,
+) -> None:
+    spec = copy.deepcopy(SAMPLE_SPEC)
+    where: Any = spec
+    for part in path[:-1]:
+        where = where[part]
+    where[path[-1]] = value
+    server = server_verdict(api, namespace, "SnapshotGroup", spec)
+    assert server is not None and spelled(path) in server, server
+    with pytest.raises(ValidationError) as caught:
+        SnapshotGroupSpec.model_validate(spec)
+    assert [tuple(e["loc"]) for e in caught.value.errors()] == [path], caught.value.errors()
