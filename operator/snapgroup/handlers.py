@@ -65,6 +65,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
         await runtime.restorer.close()
+        runtime.verifier.stop_taking()
         await runtime.runner.stop(timeout=STOP_TIMEOUT)  # open freeze windows thaw first
         await runtime.verifier.close()
         stop_event: asyncio.Event | None = memo.get("safety_net_stop")

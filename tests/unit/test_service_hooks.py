@@ -649,6 +649,11 @@ async def test_session_reprs_carry_no_credentials(closed_port: int) -> None:
      {"uri": "postgresql://bleater@10.244.0.9:5432/bleater?sslmode=disable"}),
     ({"uri": "host=a,b port=5432 dbname=bleater user=u"}, "10.244.0.9", 6432,
      {"uri": "host=10.244.0.9 port=6432 dbname=bleater user=u"}),
+    # Options naming another host go, whatever their spelling; the others stay as written.
+    ({"uri": "postgresql://u:p@pg/db?host=pg-live&options=-c%20statement_timeout%3D5000&HostAddr=10.96.0.5&ssl"},
+     "10.244.0.9", 5432, {"uri": "postgresql://u:p@10.244.0.9:5432/db?options=-c%20statement_timeout%3D5000&ssl"}),
+    ({"uri": "host = pg.ns.svc port=5432 service=live password='a  b' sslpassword=it's"}, "10.244.0.9", 5432,
+     {"uri": "host=10.244.0.9 port=5432 password='a  b' sslpassword=it's"}),
     ({"endpoint": "https://minio.bleater.svc:9000", "accessKey": "k"}, "10.244.0.10", 9443,
      {"endpoint": "https://10.244.0.10:9443", "accessKey": "k"}),
     ({"endpoint": "127.96.0.12:9000"}, "fd00::7", None, {"endpoint": "[fd00::7]:9000"}),
@@ -666,6 +671,8 @@ def test_a_secrets_address_is_pointed_elsewhere_keeping_credentials_and_options(
     ({"uri": "postgresql://u@[fd00::1]:5432/db"}, ("fd00::1", 5432)),
     ({"uri": "host=a,b port=6432,6433 dbname=x"}, ("a", 6432)),
     ({"endpoint": "http://minio:9000"}, ("minio", 9000)),
+    ({"uri": "postgresql:///app?host=pg.bleater.svc&port=5433"}, ("pg.bleater.svc", 5433)),
+    ({"uri": "host = pg port = 6432 dbname=x"}, ("pg", 6432)),
 ])
 def test_the_address_a_secret_names(secret: dict[str, str], expected: tuple[str, int | None]) -> None:
     assert address_of(secret) == expected

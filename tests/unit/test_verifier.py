@@ -442,3 +442,56 @@ async def test_a_service_with_shared_storage_is_refused_before_anything_is_made(
     assert (state, reason) == ("False", "VolumeNotRestorable"), message
     assert "spec.verify: Deployment/minio mounts volume archive (hostPath)" in message
     assert not fake.created
+
+
+async def test_a_scratch_object_planted_under_its_name_is_not_adopted() -> None:
+    fake, _, verifier = world()
+    name = f"minio-verify-{GROUP_UID[:8]}"
+    planted = {"kind": "Pod", "metadata": {"name": name, "namespace": SOURCE, "uid": "uid-planted",
+                                           "labels": {VERIFICATION_LABEL: GROUP_UID}},
+               "spec": {}, "status": {"phase": "Running", "podIP": "10.1.2.3",
+                                      "conditions": [{"type": "Ready", "status": "True"}]}}
+    fake.appear[("Pod", name)] = planted  # created between the sweep and the verification's create
+    await verifier.verify(KEY, SPEC_REQUEST)
+    state, reason, message = verified(fake)
+    assert (state, reason) == ("False", "ObjectExists"), message
+    assert fake.objects[("Pod", SOURCE, name)]["metadata"]["uid"] == "uid-planted"
+
+
+async def test_a_removal_that_raises_anything_is_an_answer_and_is_finished_later() -> None:
+    fake, _, verifier = world()
+    calls = {"n": 0}
+    listing = fake.list
+
+    async def flaky(kind: str, namespace: str, selector: str = "") -> list[JSON]:
+        if kind == "Secret" and VERIFICATION_LABEL in selector:
+            calls["n"] += 1
+            if calls["n"] in (2, 3):  # the removal at the end, and its first retry
+                raise RuntimeError("connection pool exploded")
+        return await listing(kind, namespace, selector)
+
+    fake.list = flaky  # type: ignore[method-assign]
+    await verifier.verify(KEY, SPEC_REQUEST)
+    current = status(fake).verification
+    assert current is not None and current.completion_time is not None and current.removed is True
+    assert verified(fake)[0] == "True"
+    assert "not all removed yet" not in verified(fake)[2]  # said while it was true, not after
+    assert made(fake) == []
+
+
+async def test_a_new_request_interrupts_a_removal_that_keeps_failing() -> None:
+    fake, _, verifier = world()
+    fake.fail_list["Secret"] = StepError("KubernetesApiError", "list failed: HTTP 503: unavailable")
+    verifier.seen(fake.objects[GROUP_KEY])
+    await fake.until(lambda: status(fake).verification is not None
+                     and status(fake).verification.removed is False)  # type: ignore[union-attr]
+    first = verifier.tasks[GROUP_UID]
+    fake.objects[GROUP_KEY]["metadata"]["annotations"] = {VERIFY_REQUESTED: "again"}
+    verifier.seen(fake.objects[GROUP_KEY])
+    await asyncio.gather(first, return_exceptions=True)
+    assert first.cancelled()
+    second = verifier.tasks[GROUP_UID]
+    del fake.fail_list["Secret"]
+    await second
+    current = status(fake).verification
+    assert current is not None and current.request == "again" and current.removed is True

@@ -12,7 +12,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote
 
 from pydantic import BaseModel
 
@@ -308,6 +308,9 @@ def address_of(secret: Mapping[str, str]) -> tuple[str, int | None]:
         first, port = words.get("host", "").split(",")[0], words.get("port", "").split(",")[0]
     else:
         where = server_address(secret).split(",")[0]
+        if not where and "?" in uri:  # postgresql:///db?host=...&port=...
+            query = dict(parse_qsl(uri.partition("?")[2]))
+            where = query.get("host", "").split(",")[0] + (f":{query['port']}" if query.get("port") else "")
         if where.startswith("["):
             first, _, rest = where[1:].partition("]")
             port = rest.removeprefix(":")
@@ -332,9 +335,9 @@ def pointed_at(secret: Mapping[str, str], host: str, port: int | None) -> dict[s
     return out
 
 
-_ADDRESS_OPTIONS = frozenset({"host", "hostaddr", "port"})
-"""Connection options that say where the server is (libpq's): replaced, never kept."""
-_KEYWORD = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*)")
+_ADDRESS_OPTIONS = frozenset({"host", "hostaddr", "port", "service"})
+"""Connection options that say (or look up) where the server is (libpq's): never kept."""
+_KEYWORD = re.compile(r"\s*([A-Za-z_]+)\s*=\s*('(?:[^'\\]|\\.)*'|(?:[^\s\\]|\\.)*)")
 
 
 def keyword_pairs(text: str) -> list[tuple[str, str]]:
@@ -363,9 +366,10 @@ def _with_authority(address: str, host: str, port: int | None) -> str:
     authority, tail = rest[:end], rest[end:]
     path, _, query = tail.partition("?")
     if query:
-        options = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
-                   if k.lower() not in _ADDRESS_OPTIONS]
-        tail = path + (f"?{urlencode(options)}" if options else "")
+        # Each option as written (libpq does not read '+' as a space): only its name is decoded.
+        options = [o for o in query.split("&")
+                   if unquote(o.partition("=")[0]).lower() not in _ADDRESS_OPTIONS]
+        tail = path + (f"?{'&'.join(options)}" if options else "")
     credentials, _, hosts = authority.rpartition("@")
     first = hosts.split(",")[0]
     old_port = first.rpartition("]")[2].rpartition(":")[2] if ":" in first.rpartition("]")[2] else ""

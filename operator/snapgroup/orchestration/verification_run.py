@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from snapgroup import failpoints
+from snapgroup.api import GROUP
 from snapgroup.api.base import parse_duration
 from snapgroup.api.labels import VERIFICATION_LABEL
 from snapgroup.api.snapshotgroup import KIND, ServiceStatus, ServiceTarget, ServiceVerification
@@ -43,6 +45,8 @@ READ_PAUSE = 1.0
 REMOVE_TIMEOUT = 120.0
 """How long waiting for one object a verification made to go may take."""
 _KINDS = ("Pod", "PersistentVolumeClaim", "Secret")
+RUN_ANNOTATION = f"{GROUP}/verification-run"
+"""On what a verification creates: a nonce of the run that created it."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class VerificationRun:
     connectors: Connectors
     operator_image: str
     operator_id: str
+    nonce: str = field(default_factory=lambda: secrets.token_hex(8))
+    """On everything this run creates (RUN_ANNOTATION)."""
 
     async def verdict(self, started: float) -> Verdict:
         """(condition status, reason, message, per-service evidence) of one verification; every
@@ -174,14 +180,19 @@ class VerificationRun:
         return text
 
     async def _create(self, kind: str, body: JSON) -> None:
+        """Create one object, marked with this run's nonce: after the sweep of what earlier runs
+        left, an object of that name is this run's only if it carries the nonce (a create whose
+        answer was lost and that was sent again); anything else was put there by someone else."""
         key = self.key
+        meta = body["metadata"]
+        body = {**body, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}),
+                                                             RUN_ANNOTATION: self.nonce}}}
         if await self.objects.create(kind, key.namespace, body) is not None:
             return
-        name = body["metadata"]["name"]
-        existing = await self.objects.get(kind, key.namespace, name) or {}
-        if ((existing.get("metadata") or {}).get("labels") or {}).get(VERIFICATION_LABEL) != key.uid:
-            raise RestoreFailed("ObjectExists", f"{kind} {name} exists in {key.namespace} and is not "
-                                "this verification's; it was left alone")
+        existing = await self.objects.get(kind, key.namespace, meta["name"]) or {}
+        if ((existing.get("metadata") or {}).get("annotations") or {}).get(RUN_ANNOTATION) != self.nonce:
+            raise RestoreFailed("ObjectExists", f"{kind} {meta['name']} exists in {key.namespace} and is "
+                                "not this verification's; it was left alone")
 
     async def remove(self) -> None:
         """Delete what a verification of the group made and wait until it is gone: objects with

@@ -41,6 +41,8 @@ MAX_VERIFICATIONS = 2
 pods while it runs; more wait (their status says so)."""
 REMOVE_PAUSES = (2.0, 5.0, 10.0, 30.0)
 """Pauses between attempts at removing what a verification made; the last one repeats."""
+NOT_REMOVED = "; what it made is not all removed yet"
+"""What the Verified message says while removal is still tried (and loses once it is done)."""
 CLOSE_TIMEOUT = 30.0
 """How long a stopping operator waits for verifications to remove what they made (the rest is
 removed at the next start, or with the group)."""
@@ -84,6 +86,8 @@ class Verifier:
         self._taken: dict[str, str] = {}
         """uid -> the request this process took last: an event that predates its answer never
         starts it again."""
+        self._removing: set[str] = set()
+        """uids whose task only removes what a verification made: a new request interrupts it."""
         self._closing = False
 
     def seen(self, body: Mapping[str, Any]) -> None:
@@ -99,6 +103,8 @@ class Verifier:
             return
         if key.uid in self.tasks:
             self._latest[key.uid] = body
+            if key.uid in self._removing and requested(body) not in (None, self._taken.get(key.uid)):
+                self.tasks[key.uid].cancel()  # the new verification removes first, then answers
             return
         request = requested(body)
         if request is not None and self._taken.get(key.uid) != request:
@@ -106,6 +112,10 @@ class Verifier:
             self._start(key, self.verify(key, request))
         elif removal_pending(body):
             self._start(key, self._remove_until_done(key))
+
+    def stop_taking(self) -> None:
+        """The operator is stopping: no new verification starts."""
+        self._closing = True
 
     def _start(self, key: GroupKey, work: Any) -> None:
         task = asyncio.create_task(work, name=f"verify {key.namespace}/{key.name}")
@@ -122,8 +132,10 @@ class Verifier:
 
     def _finished(self, key: GroupKey, task: asyncio.Task[None]) -> None:
         self.tasks.pop(key.uid, None)
+        self._removing.discard(key.uid)
         if not task.cancelled() and task.exception() is not None:
             log.error("verifying %s/%s failed", key.namespace, key.name, exc_info=task.exception())
+            self._taken.pop(key.uid, None)  # unanswered: the next event takes it again
         latest = self._latest.pop(key.uid, None)
         if latest is not None:
             self.seen(latest)  # a request made while this one ran
@@ -147,9 +159,10 @@ class Verifier:
     async def verify(self, key: GroupKey, request: str) -> None:
         """Verify the group once for request, remove what it made, and say how it went."""
         if self.slots.locked():
-            await self._write(key, {"conditions": [condition(
-                "Verified", "Unknown", "Waiting",
-                f"waiting for one of {MAX_VERIFICATIONS} verifications running at once to end")]})
+            with contextlib.suppress(StepError):  # news only; the verification says the rest
+                await self._write(key, {"conditions": [condition(
+                    "Verified", "Unknown", "Waiting",
+                    f"waiting for one of {MAX_VERIFICATIONS} verifications running at once to end")]})
         async with self.slots:
             removed = await self._verify(key, request)
         if not removed:  # outside the slot: a removal that keeps failing holds up nobody else
@@ -174,8 +187,7 @@ class Verifier:
         seconds = round(time.monotonic() - started, 3)
         message = f"{message} ({seconds:.1f}s)"
         if not removed:
-            message += (f"; what it made is not all removed yet ({verification_selector(key.uid)}): "
-                        "tried again")
+            message += f"{NOT_REMOVED} ({verification_selector(key.uid)}): tried again"
         metrics.VERIFICATIONS.labels(status, reason).inc()
         metrics.VERIFICATION_SECONDS.observe(seconds)
         # Retried until it lands: unanswered, the request would run again after a restart.
@@ -200,20 +212,27 @@ class Verifier:
         except asyncio.CancelledError:
             await asyncio.gather(attempt, return_exceptions=True)
             raise
-        except (StepError, TimeoutError) as exc:
+        except Exception as exc:  # anything: the status says it, and removing is tried again
             log.warning("verification of %s/%s: not removed yet: %s", run.key.namespace, run.key.name, exc)
             return False
         return True
 
     async def _remove_until_done(self, key: GroupKey) -> None:
-        """Remove what the group's verification made, trying until it is gone; then the status
-        says so."""
+        """Remove what the group's verification made, trying until it is gone (a new request
+        interrupts this: it removes first itself); then the status says so."""
+        self._removing.add(key.uid)
         run = self._run(key)
         tries = 0
         while not await self._remove_shielded(run):
             await asyncio.sleep(REMOVE_PAUSES[min(tries, len(REMOVE_PAUSES) - 1)])
             tries += 1
-        await self._write(key, {"verification": {"removed": True}})
+        group = await self.objects.get(KIND, key.namespace, key.name) or {}
+        verified = next((c for c in (group.get("status") or {}).get("conditions") or []
+                         if c.get("type") == "Verified"), None)
+        update: JSON = {"verification": {"removed": True}}
+        if verified is not None and NOT_REMOVED in str(verified.get("message")):
+            update["conditions"] = [{**verified, "message": str(verified["message"]).split(NOT_REMOVED)[0]}]
+        await write_status_surely(self.objects, KIND, key.namespace, key.name, update)
         log.info("verification of %s/%s: everything it made is removed", key.namespace, key.name)
 
     async def _write(self, key: GroupKey, status: JSON) -> None:
