@@ -147,7 +147,7 @@ def test_valid_group_is_accepted_and_listed(kubectl: Kubectl, namespace: str) ->
     assert stored["spec"]["services"][0]["connection"]["timeout"] == "5s"
     table = kubectl.ok("get", "snapshotgroups", "-n", namespace, "-o", "wide")
     header = table.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "CONSISTENT", "FREEZE", "SNAPSHOTS", "AGE", "MESSAGE"]
+    assert header == ["NAME", "PHASE", "CONSISTENT", "VERIFIED", "FREEZE", "SNAPSHOTS", "AGE", "MESSAGE"]
 
 
 def _both_name_and_selector(group: dict[str, Any]) -> None:
