@@ -27,7 +27,7 @@ from snapgroup.adapters.leadership import (
 )
 from snapgroup.adapters.pgdata import PreparationError, prepare_pgdata
 from snapgroup.api import API_VERSION
-from snapgroup.api.base import parse_duration
+from snapgroup.api.base import parse_duration, stamp
 from snapgroup.api.crd import check_crds, write_crds
 from snapgroup.api.labels import VERIFY_REQUESTED, shortened
 from snapgroup.api.restore import KIND as RESTORE_KIND
@@ -404,7 +404,7 @@ async def _verify_by_restoring(runtime: Runtime, args: argparse.Namespace) -> in
 
 
 def _time(at: datetime | None) -> str | None:
-    return f"{at:%Y-%m-%dT%H:%M:%S.%fZ}" if at is not None else None
+    return stamp(at) if at is not None else None
 
 
 def cmd_status(args: argparse.Namespace) -> int:

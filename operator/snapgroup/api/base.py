@@ -29,6 +29,11 @@ class ApiModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def stamp(moment: datetime) -> str:
+    """A time as the status and its messages spell it: RFC 3339 with microseconds, ``Z``."""
+    return f"{moment:%Y-%m-%dT%H:%M:%S.%fZ}"
+
+
 def parse_duration(text: str) -> timedelta:
     """Parse a Go-style duration such as ``90s``, ``1m30s`` or ``500ms``."""
     if not re.fullmatch(DURATION_PATTERN, text):

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from snapgroup.api import API_VERSION
-from snapgroup.api.base import ConditionStatus
+from snapgroup.api.base import ConditionStatus, stamp
 from snapgroup.api.labels import (
     ATTEMPT_LABEL,
     GROUP_LABEL,
@@ -77,10 +77,6 @@ class Verdict:
     """Services holding records newer than the earliest cut."""
 
 
-def _stamp(moment: datetime) -> str:
-    return f"{moment:%Y-%m-%dT%H:%M:%S.%fZ}"
-
-
 def consistency(services: list[ServiceStatus], earliest: datetime | None) -> Verdict:
     """Judge the group: Consistent when every checked lastRecordTime <= earliest creationTime.
 
@@ -95,11 +91,11 @@ def consistency(services: list[ServiceStatus], earliest: datetime | None) -> Ver
     newer = [s for s in checked if s.last_record_time is not None
              and s.last_record_time - timedelta(seconds=skew[s.name]) > earliest]
     if newer:
-        detail = "; ".join(f"{s.name} has a record at {_stamp(s.last_record_time)}"
+        detail = "; ".join(f"{s.name} has a record at {stamp(s.last_record_time)}"
                            for s in newer if s.last_record_time is not None)
         return Verdict(
             "False", "RecordsNewerThanCut",
-            f"records newer than the earliest cut ({_stamp(earliest)}): {detail}; "
+            f"records newer than the earliest cut ({stamp(earliest)}): {detail}; "
             "a writer is probably missing from spec.writers", [s.name for s in newer])
     incomplete = [s.name for s in services if record_incomplete(s.evidence)]
     if incomplete:
@@ -112,10 +108,10 @@ def consistency(services: list[ServiceStatus], earliest: datetime | None) -> Ver
     if unsure:
         detail = "; ".join(
             f"{s.name}'s clock differs from the operator's by up to {skew[s.name]:.3f}s, and its "
-            f"newest record ({_stamp(s.last_record_time)}) is closer to the cut than that"
+            f"newest record ({stamp(s.last_record_time)}) is closer to the cut than that"
             for s in unsure if s.last_record_time is not None)
         return Verdict("Unknown", "ClockSkewTooLarge",
-                       f"cannot tell records from the cut ({_stamp(earliest)}): {detail}", [])
+                       f"cannot tell records from the cut ({stamp(earliest)}): {detail}", [])
     if not checked:
         return Verdict("Unknown", "NoLastRecord",
                        "no service has lastRecord configured, so nothing could be checked", [])

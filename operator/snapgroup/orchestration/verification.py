@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from snapgroup.api.base import stamp
 from snapgroup.api.snapshotgroup import Phase, SnapshotGroupStatus
 from snapgroup.orchestration.snapshots import consistency
 
@@ -27,7 +28,7 @@ def verify(status: SnapshotGroupStatus) -> list[Check]:
         for snap in svc.volume_snapshots:
             checks.append(Check(
                 f"{svc.name}/{snap.name}", "cut", snap.creation_time is not None,
-                f"creationTime {snap.creation_time:%Y-%m-%dT%H:%M:%S.%fZ}" if snap.creation_time
+                f"creationTime {stamp(snap.creation_time)}" if snap.creation_time
                 else (snap.error or "no creationTime")))
             checks.append(Check(f"{svc.name}/{snap.name}", "readyToUse", bool(snap.ready_to_use),
                                 f"restoreSize {snap.restore_size}" if snap.ready_to_use
@@ -39,8 +40,8 @@ def verify(status: SnapshotGroupStatus) -> list[Check]:
             ok = earliest is not None and svc.last_record_time <= earliest
             checks.append(Check(
                 svc.name, "newest record <= earliest cut", ok,
-                f"newest {svc.last_record_time:%Y-%m-%dT%H:%M:%S.%fZ}, earliest cut "
-                + (f"{earliest:%Y-%m-%dT%H:%M:%S.%fZ}" if earliest else "none")))
+                f"newest {stamp(svc.last_record_time)}, earliest cut "
+                + (stamp(earliest) if earliest else "none")))
     for writer in status.writers:
         checks.append(Check(f"{writer.kind}/{writer.name}", "restored", writer.restored_at is not None,
                             writer.note or f"back to {writer.original_replicas} replica(s)"))

@@ -19,7 +19,7 @@ from typing import Any
 
 from snapgroup import failpoints
 from snapgroup.api import GROUP
-from snapgroup.api.base import parse_duration
+from snapgroup.api.base import parse_duration, stamp
 from snapgroup.api.labels import VERIFICATION_LABEL
 from snapgroup.api.snapshotgroup import KIND, ServiceStatus, ServiceTarget, ServiceVerification
 from snapgroup.hooks.registry import HookContext, lookup
@@ -292,9 +292,5 @@ def _judge(services: list[ServiceVerification]) -> Verdict:
     return "True", "Restored", text, services
 
 
-def _stamp(at: datetime) -> str:
-    return at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _spelled(at: datetime | None) -> str:
-    return _stamp(at) if at is not None else "none"
+    return stamp(at) if at is not None else "none"

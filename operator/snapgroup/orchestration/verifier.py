@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from snapgroup import metrics
+from snapgroup.api.base import stamp
 from snapgroup.api.labels import VERIFY_REQUESTED
 from snapgroup.api.snapshotgroup import KIND, Phase
 from snapgroup.ports import Cluster, ClusterObjects, Connectors, StepError
@@ -171,7 +172,7 @@ class Verifier:
     async def _verify(self, key: GroupKey, request: str) -> bool:
         """One verification, answered in the status; whether what it made is gone."""
         started = time.monotonic()
-        start_time = _now()
+        start_time = stamp(datetime.now(UTC))
         await write_status_surely(self.objects, KIND, key.namespace, key.name, {
             # A merge patch: what the previous verification wrote is cleared explicitly (null).
             "verified": None, "verification": {"request": request, "startTime": start_time,
@@ -193,9 +194,9 @@ class Verifier:
         # Retried until it lands: unanswered, the request would run again after a restart.
         await write_status_surely(self.objects, KIND, key.namespace, key.name, {
             "verified": status == "True",
-            "verification": {"request": request, "startTime": start_time, "completionTime": _now(),
-                             "seconds": seconds, "removed": removed,
-                             "services": [s.wire() for s in services]},
+            "verification": {"request": request, "startTime": start_time,
+                             "completionTime": stamp(datetime.now(UTC)), "seconds": seconds,
+                             "removed": removed, "services": [s.wire() for s in services]},
             "conditions": [condition("Verified", status, reason, message)]})
         with contextlib.suppress(StepError):  # the status says it; the Event is news
             await self.objects.record_event(KIND, key.namespace, key.name, key.uid,
@@ -238,6 +239,3 @@ class Verifier:
     async def _write(self, key: GroupKey, status: JSON) -> None:
         await write_status(self.objects, KIND, key.namespace, key.name, status)
 
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
