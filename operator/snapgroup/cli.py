@@ -92,8 +92,8 @@ def _run_operator(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> 
 
     election: LeaderElection | None = None
     health: HealthServer | None = None
+    namespace = args.leader_election_namespace or default_namespace()
     if args.leader_elect:
-        namespace = args.leader_election_namespace or default_namespace()
         if namespace is None:
             print("--leader-elect outside a pod needs --leader-election-namespace", file=sys.stderr)
             return EXIT_USAGE
@@ -109,7 +109,8 @@ def _run_operator(args: argparse.Namespace, loop: asyncio.AbstractEventLoop) -> 
         metrics.LEADER.set(1)  # alone: this process acts
     memo = kopf.Memo(
         runtime=Runtime.from_environment(
-            args.kubeconfig, args.namespace or (), args.max_windows, args.retry_delay)
+            args.kubeconfig, args.namespace or (), args.max_windows, args.retry_delay,
+            server_lease_namespace=namespace)
     )
     try:
         kopf.run(
@@ -587,7 +588,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--leader-elect", action="store_true",
                      help="run groups and schedules only while holding the leader Lease (for replicas > 1)")
     run.add_argument("--leader-election-namespace",
-                     help="namespace of the leader Lease (default: the pod's own namespace)")
+                     help="the operator's namespace: of the leader Lease and the database servers' "
+                          "exclusion Leases (default: the pod's own; outside a pod without it, a "
+                          "server's Lease is in each group's namespace)")
     run.add_argument("--leader-election-id", default=LEADER_LEASE, help="name of the leader Lease")
     run.set_defaults(func=cmd_run)
 

@@ -390,6 +390,11 @@ class MongoSession(Protocol):
         """True while the server holds an fsync lock (currentOp's fsyncLock)."""
         ...
 
+    async def lock_in_flight(self, app_name: str) -> bool:
+        """True while an fsync lock command of a client named app_name is still running on the
+        server (currentOp lists it): a lock that will land when its flush ends."""
+        ...
+
     async def newest_record(self, database: str, collection: str, field: str) -> datetime | None:
         """Newest value of a date field."""
         ...
@@ -447,8 +452,10 @@ class Connectors(Protocol):
         """Connect to PostgreSQL; the session introduces itself as application_name."""
         ...
 
-    async def mongo(self, secret: Mapping[str, str], timeout: float) -> MongoSession:
-        """Connect to MongoDB."""
+    async def mongo(
+        self, secret: Mapping[str, str], timeout: float, app_name: str = "snapgroup"
+    ) -> MongoSession:
+        """Connect to MongoDB; the client introduces itself as app_name (currentOp's appName)."""
         ...
 
     async def object_store(self, secret: Mapping[str, str], timeout: float) -> ObjectStoreSession:

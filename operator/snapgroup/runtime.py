@@ -38,16 +38,20 @@ class Runtime:
     def from_environment(
         cls, kubeconfig: str | None = None, namespaces: Sequence[str] = (),
         max_windows: int = MAX_WINDOWS, retry_delay: float = RETRY_DELAY,
+        server_lease_namespace: str | None = None,
     ) -> Runtime:
         """Clients from a kubeconfig, $KUBECONFIG, or the pod's service account.
 
         namespaces: the namespaces the operator watches (empty: all); max_windows: freeze
-        windows open at once; retry_delay: pause before a failed attempt's retry.
+        windows open at once; retry_delay: pause before a failed attempt's retry;
+        server_lease_namespace: where database servers' exclusion Leases are (the operator's).
         """
-        cluster = KubeCluster(load_api_client(kubeconfig), namespaces=namespaces)
+        cluster = KubeCluster(load_api_client(kubeconfig), namespaces=namespaces,
+                              lease_namespace=server_lease_namespace)
         connectors = DatabaseConnectors()
         runner = GroupRunner(cluster, connectors, max_windows=max_windows,
-                             retry_delay=retry_delay, operator_id=operator_identity())
+                             retry_delay=retry_delay, operator_id=operator_identity(),
+                             server_lease_namespace=server_lease_namespace)
         return cls(cluster=cluster, connectors=connectors, runner=runner)
 
     @cached_property

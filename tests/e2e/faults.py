@@ -32,12 +32,16 @@ class FaultOutcome:
     message: str
 
 
+def mongo_admin(bleater: Bleater) -> MongoClient[dict[str, Any]]:
+    """A client of bleater's MongoDB (the stand-in) as its admin user; close it after use."""
+    return MongoClient(bleater.service_host("mongodb"), 27017, directConnection=True,
+                       serverSelectionTimeoutMS=5000, username=bleater.mongo["username"],
+                       password=bleater.mongo["password"], authSource="admin")
+
+
 def mongo_lock_count(bleater: Bleater) -> int:
     """The emulated mongod's fsync lock count, read by locking once and unlocking again."""
-    host = bleater.service_host("mongodb")
-    with MongoClient(host, 27017, directConnection=True, serverSelectionTimeoutMS=5000,
-                     username=bleater.mongo["username"], password=bleater.mongo["password"],
-                     authSource="admin") as client:
+    with mongo_admin(bleater) as client:
         after_lock = int(client.admin.command({"fsync": 1, "lock": True})["lockCount"])
         client.admin.command({"fsyncUnlock": 1})
         return after_lock - 1

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
 
 from e2e.bleater import Bleater
 from e2e.faults import (
@@ -29,6 +28,7 @@ from e2e.faults import (
     assert_records_kept,
     group_pg_sessions,
     kill_mongodb_connections,
+    mongo_admin,
     mongo_lock_count,
     operator_pg_sessions,
     read_records,
@@ -43,7 +43,8 @@ from snapgroup.api.labels import ISOLATED_BY
 
 pytestmark = pytest.mark.cluster
 
-FAST = ("--retry-delay", "1")
+FAST = ("--retry-delay", "1", "--leader-election-namespace", "default")
+"""Quick retries; the servers' exclusion Leases in an operator namespace, as in a pod."""
 
 
 class Sampler:
@@ -106,10 +107,7 @@ def test_budget_runs_out_while_the_writer_drains(
     before = read_records(bleater)
     armed("", *FAST)
     old_pods = {p.metadata.name for p in kube.pods("bleater", "app=data-writer")}
-    mongo = bleater.mongo
-    with MongoClient(bleater.service_host("mongodb"), 27017, directConnection=True,
-                     serverSelectionTimeoutMS=5000, username=mongo["username"],
-                     password=mongo["password"], authSource="admin") as client:
+    with mongo_admin(bleater) as client:
         client.admin.command({"fsync": 1, "lock": True})
         try:
             # The writer is inside a tick: PostgreSQL has a record MongoDB does not.
@@ -140,36 +138,189 @@ def test_budget_runs_out_while_the_writer_drains(
                         f"{group['status']['freeze']['seconds']}s"))
 
 
-def test_budget_runs_out_while_a_service_quiesces(
+def fsync_state(client: Any) -> tuple[bool, list[str]]:
+    """What mongod's currentOp shows: locked?, and the appNames of fsync locks being taken."""
+    reply = client.admin.command("currentOp")
+    return bool(reply.get("fsyncLock")), [
+        op.get("appName", "") for op in reply.get("inprog", []) if op.get("command", {}).get("fsync")]
+
+
+@contextmanager
+def slow_flush(bleater: Bleater, seconds: float) -> Iterator[Sampler]:
+    """The next fsync lock flushes for `seconds` before it is taken (the stand-in's fail point
+    slowFsyncLockFlush, server side); the server's lock state sampled meanwhile."""
+    with mongo_admin(bleater) as client:
+        client.admin.command({"configureFailPoint": "slowFsyncLockFlush", "mode": {"times": 1},
+                              "data": {"seconds": seconds}})
+        try:
+            with Sampler(lambda: fsync_state(client)).running() as sampler:
+                yield sampler
+        finally:
+            client.admin.command({"configureFailPoint": "slowFsyncLockFlush", "mode": "off"})
+
+
+def late_lock(sampler: Sampler, uid: str) -> tuple[float, float]:
+    """When the group's lock call was first seen still running on the server, and when it was
+    first seen done with the server locked; fails unless both were seen, in that order."""
+    states = [(t, v) for t, v in sampler.seen if isinstance(v, tuple)]
+    running = [t for t, (_, names) in states if f"snapgroup:{uid}" in names]
+    assert running, "the group's lock call was never seen still running on the server"
+    landed = [t for t, (is_locked, names) in states
+              if is_locked and f"snapgroup:{uid}" not in names and t > min(running)]
+    assert landed, "the lock was never seen taken after the call"
+    return min(running), min(landed)
+
+
+def test_budget_runs_out_while_mongodb_flushes_slowly(
     armed: Any, kube: Kube, bleater: Bleater, group_name: str
 ) -> None:
-    """MongoDB's quiesce is held in flight (failpoint `before:service:mongodb=pause:8`, after its
-    intent is journaled, before the lock is asked for) past the 3 s budget."""
+    """MongoDB's flush under the lock takes 10 s on the server, the budget is 3 s: the attempt
+    ends while the lock call still runs there, and the lock lands seconds after the operator
+    gave up on the call, with nobody waiting for its answer. The undo finds the call in
+    currentOp, waits for the lock, and unlocks it."""
     replicas = kube.replicas("bleater", WRITER)
     bleater.wait_new_records(0)
     before = read_records(bleater)
-    operator = armed("before:service:mongodb=pause:8", *FAST)
-    created = kube.create_group(sample(group_name, freezeBudget="3s", backoffLimit=0))
-    uid = created["metadata"]["uid"]
-    wait_journal(kube, group_name, "service:mongodb", "Applying")
-    in_flight_at = time.monotonic()
-    group = kube.wait_group("bleater", group_name, timeout=60)
+    armed("", *FAST)
+    with slow_flush(bleater, 10) as sampler:
+        created = kube.create_group(sample(group_name, freezeBudget="3s", backoffLimit=0))
+        uid = created["metadata"]["uid"]
+        group = kube.wait_group("bleater", group_name, timeout=90)
     ended = time.monotonic()
-    # The fault, proven: the quiesce was in flight (the failpoint held it) when the budget ended
-    # the attempt, well before the pause would have let it go on.
-    assert "failpoint before:service:mongodb: pause:8" in operator.tail(400)
-    assert ended - in_flight_at < 8, "the attempt ended only after the quiesce went on"
+    # The fault, proven: the server had the group's call in flight, unlocked, and took the
+    # lock only after longer than the budget.
+    flushing, landed = late_lock(sampler, uid)
+    assert landed - flushing > 3, f"the lock was taken {landed - flushing:.1f}s into the call"
     failed = condition(group, "Succeeded")
     assert group["status"]["phase"] == "Failed" and failed["reason"] == "FreezeBudgetExceeded", failed
-    assert ("HookApplied", "service:mongodb applied") not in kube.events("bleater", group_name)
-    assert float(group["status"]["freeze"]["seconds"]) < 3 + 5, group["status"]["freeze"]
+    mongodb = next(h for h in group["status"]["hooks"] if h["name"] == "service:mongodb")
+    assert "its lock landed" in mongodb["message"] and "lock count back to 0" in mongodb["message"]
     assert_resumed(group)
     back = wait_writer_back(kube, replicas, ended)
     assert_all_back(kube, bleater, replicas, uid, before)
-    record(FaultOutcome("budget 3s runs out while MongoDB quiesces", group["status"]["phase"],
+    record(FaultOutcome("budget 3s runs out while MongoDB flushes slowly (server side)",
+                        group["status"]["phase"], failed["reason"], round(back, 2),
+                        f"lock landed {landed - flushing:.1f}s after the call was seen running; "
+                        f"{mongodb['message'][:90]}"))
+
+
+def test_a_service_call_timeout_is_enforced_and_its_late_lock_undone(
+    armed: Any, kube: Kube, bleater: Bleater, group_name: str
+) -> None:
+    """MongoDB's `connection.timeout` (2 s) bounds the lock call while the server flushes for
+    8 s, with a budget (60 s) that would have waited: the attempt fails on the call's timeout,
+    and the lock that lands later is unlocked."""
+    replicas = kube.replicas("bleater", WRITER)
+    bleater.wait_new_records(0)
+    before = read_records(bleater)
+    armed("", *FAST)
+    doc = sample(group_name, backoffLimit=0)
+    for service in doc["spec"]["services"]:
+        if service["type"] == "mongodb":
+            service["connection"]["timeout"] = "2s"
+    with slow_flush(bleater, 8) as sampler:
+        created = kube.create_group(doc)
+        uid = created["metadata"]["uid"]
+        group = kube.wait_group("bleater", group_name, timeout=90)
+    ended = time.monotonic()
+    flushing, landed = late_lock(sampler, uid)
+    failed = condition(group, "Succeeded")
+    assert group["status"]["phase"] == "Failed" and failed["reason"] == "Timeout", failed
+    assert "did not answer within 2s" in group["status"]["message"], group["status"]["message"]
+    mongodb = next(h for h in group["status"]["hooks"] if h["name"] == "service:mongodb")
+    assert "its lock landed" in mongodb["message"], mongodb
+    assert_resumed(group)
+    back = wait_writer_back(kube, replicas, ended)
+    assert_all_back(kube, bleater, replicas, uid, before)
+    record(FaultOutcome("MongoDB call timeout 2s, flush 8s (server side)", group["status"]["phase"],
                         failed["reason"], round(back, 2),
-                        f"attempt ended {ended - in_flight_at:.1f}s after the quiesce started; "
-                        f"freeze {group['status']['freeze']['seconds']}s"))
+                        f"lock landed {landed - flushing:.1f}s after the call was seen running"))
+
+
+def test_a_hook_steps_timeout_is_enforced_while_the_writer_drains(
+    armed: Any, kube: Kube, bleater: Bleater, group_name: str
+) -> None:
+    """The writer is stopped by a pre hook step (`type: scale`, `timeout: 2s`) instead of
+    spec.writers. Its pod is inside a write when SIGTERM comes (its MongoDB insert waits on an
+    fsync lock this test holds, as in the drain test) and needs its grace period (10 s): the
+    step's own timeout ends the attempt, long before the 60 s budget."""
+    replicas = kube.replicas("bleater", WRITER)
+    bleater.wait_new_records(0)
+    before = read_records(bleater)
+    armed("", *FAST)
+    old_pods = {p.metadata.name for p in kube.pods("bleater", "app=data-writer")}
+    step = {"name": "stop-writer", "type": "scale", "timeout": "2s",
+            "params": {"kind": "Deployment", "name": WRITER}}
+    with mongo_admin(bleater) as client:
+        client.admin.command({"fsync": 1, "lock": True})
+        try:
+            wait_for(lambda: max(r.seq for r in bleater.records("postgres"))
+                     > max(r.seq for r in bleater.records("mongodb")), 10,
+                     "the writer blocked inside its MongoDB write")
+            created = kube.create_group(
+                sample(group_name, writers=[], hooks={"pre": [step]}, backoffLimit=0))
+            uid = created["metadata"]["uid"]
+            group = kube.wait_group("bleater", group_name, timeout=60)
+            ended = time.monotonic()
+            # The fault, proven: the old pod was still terminating when the attempt ended.
+            terminating = [p for p in kube.pods("bleater", "app=data-writer")
+                           if p.metadata.name in old_pods and p.metadata.deletion_timestamp]
+            assert terminating, "the writer's pod was already gone: the timeout did not meet a drain"
+        finally:
+            client.admin.command({"fsyncUnlock": 1})
+    failed = condition(group, "Succeeded")
+    assert group["status"]["phase"] == "Failed" and failed["reason"] == "HookTimeout", failed
+    assert "within its timeout of 2s" in group["status"]["message"], group["status"]["message"]
+    assert float(group["status"]["freeze"]["seconds"]) < 30, group["status"]["freeze"]
+    assert_resumed(group)
+    back = wait_writer_back(kube, replicas, ended)
+    assert_all_back(kube, bleater, replicas, uid, before)
+    record(FaultOutcome("hook step timeout 2s while the writer drains", group["status"]["phase"],
+                        failed["reason"], round(back, 2),
+                        f"{len(terminating)} pod(s) terminating at the end; freeze "
+                        f"{group['status']['freeze']['seconds']}s"))
+
+
+def test_the_safety_net_repairs_a_window_whose_group_vanished_while_the_operator_was_down(
+    armed: Any, kube: Kube, bleater: Bleater, group_name: str
+) -> None:
+    """SIGKILL mid-window, then the group deleted with its finalizer stripped while no operator
+    runs: no journal is left to recover from. The next operator's safety net finds the MongoDB
+    lock by the quiesce record on the server's Lease and the writer by its annotations."""
+    replicas = kube.replicas("bleater", WRITER)
+    bleater.wait_new_records(0)
+    before = read_records(bleater)
+    crashing = armed("cut=pause:60", *FAST)
+    created = kube.create_group(sample(group_name))
+    uid = created["metadata"]["uid"]
+    wait_journal(kube, group_name, "service:minio", "Applied")
+    crashing.kill()
+    kube.delete_group("bleater", group_name)
+    kube.custom.patch_namespaced_custom_object("snapgroup.dev", "v1alpha1", "bleater",
+                                               "snapshotgroups", group_name,
+                                               {"metadata": {"finalizers": None}})
+    kube.wait_group_gone("bleater", group_name, timeout=10)
+    # The fault, proven: no operator, no group, and the window's effects still in place.
+    assert crashing.process is not None and crashing.process.poll() is not None
+    assert kube.replicas("bleater", WRITER) == 0 and writer_annotations(kube)[ISOLATED_BY].endswith(uid)
+    assert mongo_lock_count(bleater) == 1
+    restarted_at = time.monotonic()
+    repairing = armed("", *FAST)
+    back = wait_writer_back(kube, replicas, restarted_at)
+    with mongo_admin(bleater) as client:
+        wait_for(lambda: fsync_state(client) == (False, []), 60, "the MongoDB lock lowered")
+    assert_all_back(kube, bleater, replicas, uid, before)
+    kube.wait_event_reasons("bleater", group_name, {"SafetyNetRepaired"})
+    messages = [m for r, m in kube.events("bleater", group_name) if r == "SafetyNetRepaired"]
+    assert any(m.startswith("mongodb server of service:mongodb (Lease default/") for m in messages), messages
+    assert any(m.startswith(f"Deployment bleater/{WRITER}") for m in messages), messages
+    scraped = repairing.scrape()
+    for target in ("mongodb", "Deployment"):
+        assert any(line.startswith("snapgroup_safety_net_repairs_total{") and f'target="{target}"' in line
+                   and 'outcome="repaired"' in line and not line.endswith(" 0.0")
+                   for line in scraped.splitlines()), target
+    record(FaultOutcome("operator SIGKILLed mid-window, group removed while it was down", "gone",
+                        "SafetyNetRepaired", round(back, 2), "; ".join(messages)[:160]))
 
 
 def test_group_deleted_while_queued_never_freezes_anything(

@@ -5,6 +5,7 @@ tests/cluster/test_install.py."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from e2e.operator_process import REPO, OperatorProcess
 from e2e.test_bleater_group import condition, sample
 from e2e.test_restore_clone import create_restore, wait_restore
 from e2e.test_restore_in_place import in_place
+from localcluster.fixtures import wait_for
+from snapgroup.api.labels import LEASE_LABEL
 from snapgroup.api.restore import RESTORE_TARGET_LABEL
 
 pytestmark = pytest.mark.cluster
@@ -31,18 +34,34 @@ def installed(local_cluster: Any) -> Iterator[Path]:
 
 
 def test_operator_with_its_service_account_completes_the_bleater_group(
-    installed: Path, operator: OperatorProcess, kube: Kube, group_name: str, tmp_path: Path
+    installed: Path, operator: OperatorProcess, kube: Kube, group_name: str, tmp_path: Path,
+    local_cluster: Any,
 ) -> None:
     operator.stop()
-    confined = OperatorProcess(installed, tmp_path / "operator-sa.log")
+    # As in a pod of deploy/: the servers' exclusion Leases in the operator's namespace; the
+    # cut held 3 s (failpoint) so that they are seen held.
+    os.environ["SNAPGROUP_FAILPOINTS"] = "cut=pause:3"
+    confined = OperatorProcess(installed, tmp_path / "operator-sa.log",
+                               ("--leader-election-namespace", "snapgroup-system"))
     try:
         confined.start()
+        del os.environ["SNAPGROUP_FAILPOINTS"]
         kube.create_group(sample(group_name))
+
+        def server_leases() -> list[str]:
+            return local_cluster.kubectl(
+                "get", "leases", "-n", "snapgroup-system", "-l", f"{LEASE_LABEL}=server",
+                "-o", "jsonpath={.items[*].spec.holderIdentity}").stdout.split()
+        held = wait_for(lambda: (found := server_leases()) and len(found) == 3 and found, 60,
+                        "the group's three server Leases in the operator's namespace")
+        assert all(h.startswith(f"{group_name}/") for h in held), held
         group = kube.wait_group("bleater", group_name)
         assert group["status"]["phase"] == "Succeeded", (group["status"], confined.tail())
         assert condition(group, "Consistent")["status"] == "True"
         assert "Forbidden" not in confined.log_path.read_text(), confined.tail()
+        assert server_leases() == [], "given back after the thaw"
     finally:
+        os.environ.pop("SNAPGROUP_FAILPOINTS", None)
         confined.stop()
         operator.start()
 

@@ -25,7 +25,7 @@ from snapgroup.api.snapshotgroup import ServiceTarget
 from snapgroup.hooks import mongodb as mongodb_hook
 from snapgroup.hooks.evidence import skew_from
 from snapgroup.hooks.registry import HookContext, ServiceHook, lookup
-from snapgroup.ports import PlanError
+from snapgroup.ports import PlanError, StepError
 
 PATH = "spec.services[1]"
 SECRET = "mongodb-credentials"
@@ -178,6 +178,32 @@ async def test_recover_of_an_unconfirmed_lock_lowers_a_lock_that_landed_on_an_un
     # The lock that call sent lands late (here: taken on the server by another client).
     assert (await other.admin.command({"fsync": 1, "lock": True}))["lockCount"] == 1
     message = await mongodb.recover(ctx, hook.key, intent, False)
+    assert "its lock landed" in message and "lock count back to 0" in message
+    assert not await locked(other)
+
+
+async def test_a_lock_call_that_timed_out_while_the_server_flushes_is_unlocked_when_it_lands(
+    ctx: HookContext, other: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server flushes for 4 s (the stand-in's slowFsyncLockFlush fail point) and the hook's
+    call gives up after 1 s; the lock lands after the late-lock looks would have ended. The undo
+    sees the group's call still in currentOp, waits for it to end, and unlocks what it took."""
+    monkeypatch.setattr(mongodb_hook, "LATE_LOCK_SETTLE", 0.2)  # looks end 0.8 s after the undo
+    await other.admin.command({"configureFailPoint": "slowFsyncLockFlush", "mode": {"times": 1},
+                               "data": {"seconds": 4}})
+    hook = await plan(ctx, target(timeout="1s"))
+    try:
+        with pytest.raises(StepError) as failed:
+            await hook.apply()
+        # The fault, proven: the call ended on the client, the server still runs it.
+        assert failed.value.reason == "Timeout", failed.value
+        inprog = (await other.admin.command("currentOp"))["inprog"]
+        assert [op["appName"] for op in inprog if op.get("command", {}).get("fsync")] == [
+            ctx.session_name]
+
+        message = await hook.undo(hook.intent())
+    finally:
+        await hook.release()
     assert "its lock landed" in message and "lock count back to 0" in message
     assert not await locked(other)
 

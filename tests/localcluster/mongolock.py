@@ -15,9 +15,15 @@ exactly the part of mongod that snapshotting depends on:
   returns to 0. Reads pass.
 - The lock belongs to the process, not to the connection that took it: it outlives that
   connection, as on mongod. Restarting the proxy drops it, as restarting mongod does.
-- ``currentOp`` replies carry ``fsyncLock: true`` while locked.
-- ``fsync`` without ``lock`` replies ``{numFiles: 1, ok: 1}``: FerretDB's SQLite backend commits
-  every write durably, so there is nothing to flush.
+- ``currentOp`` replies carry ``fsyncLock: true`` while locked, and an ``inprog`` entry (with the
+  client's ``appName`` from its handshake) for each fsync lock still being taken.
+- A lock raises the count at once (new writes stop, currentOp reports ``fsyncLock``), then waits
+  for the writes already running and flushes, as mongod does; an ``fsyncUnlock`` sent meanwhile
+  waits until the lock is taken. The flush is instant unless the stand-in's own fail point slows
+  it (mongod's ``configureFailPoint`` command shape, a name mongod does not have):
+  ``{configureFailPoint: "slowFsyncLockFlush", mode: "alwaysOn" | "off" | {times: n}, data:
+  {seconds: s}}``. A lock whose client gave up meanwhile is still taken, and stays: mongod does
+  not notice a client that went away while its fsync lock is taken.
 
 Everything else (OP_MSG, legacy OP_QUERY handshakes and their OP_REPLY answers) is forwarded
 byte for byte on one upstream connection per client connection.
@@ -113,21 +119,30 @@ WRITE_COMMANDS = frozenset(
 )
 
 _MONGOD_FSYNC_URL = "http://dochub.mongodb.org/core/fsynccommand"
+SLOW_FLUSH = "slowFsyncLockFlush"
+"""The stand-in's fail point that makes an fsync lock's flush take a while."""
 
 
 class FsyncLock:
-    """The process-wide fsync lock: a lock count plus the writes currently inside FerretDB.
+    """The process-wide fsync lock: a lock count, the locks still being taken, and the writes
+    currently inside FerretDB.
 
     A write enters with :meth:`begin_write` (waiting while the count is above 0) and leaves with
     :meth:`end_write` once FerretDB has answered it. :meth:`lock` raises the count at once, so no
-    new write enters, and returns only when the writes already inside have left: after it returns,
-    the data files hold every acknowledged write and nothing is being written.
+    new write enters, and returns only when the writes already inside have left and the flush
+    (instant, unless the ``slowFsyncLockFlush`` fail point adds a delay) is done: after it
+    returns, the data files hold every acknowledged write and nothing is being written.
     """
 
     def __init__(self) -> None:
         self._count = 0
+        self._taking = 0
         self._writes_in_flight = 0
         self._changed = asyncio.Condition()
+        self.flush_delays: list[float] = []
+        """Seconds the next flushes take, one entry per lock (the ``slowFlush`` fail point)."""
+        self.flush_delay_always: float = 0.0
+        """Seconds every flush takes while the fail point is ``alwaysOn``."""
 
     @property
     def count(self) -> int:
@@ -135,22 +150,37 @@ class FsyncLock:
         return self._count
 
     async def lock(self) -> int:
-        """Raise the lock count, wait for running writes to finish, return the new count."""
+        """Raise the lock count (new writes stop), wait for running writes to finish, flush;
+        returns the count. The count rises first, as mongod's does: the server reports locked
+        while the flush is still running, and an unlock waits until the lock is taken."""
         async with self._changed:
             self._count += 1
+            self._taking += 1
             count = self._count
             try:
                 await self._changed.wait_for(lambda: self._writes_in_flight == 0)
             except asyncio.CancelledError:
-                # The locking client went away before it was told it holds the lock.
+                # The layer is stopping before the lock was taken.
                 self._count -= 1
+                self._taking -= 1
                 self._changed.notify_all()
                 raise
+        delay = self.flush_delays.pop(0) if self.flush_delays else self.flush_delay_always
+        try:
+            if delay:
+                log.info("flushing for %.1fs before the lock is taken (fail point slowFlush)", delay)
+                await asyncio.sleep(delay)  # the fail point's slow flush
+        finally:
+            async with self._changed:
+                self._taking -= 1
+                self._changed.notify_all()
         return count
 
     async def unlock(self) -> int | None:
-        """Lower the lock count and return it, or return None when it already was 0."""
+        """Lower the lock count and return it, or return None when it already was 0; an unlock
+        sent while a lock is still being taken waits for it, as on mongod."""
         async with self._changed:
+            await self._changed.wait_for(lambda: self._taking == 0)
             if self._count == 0:
                 return None
             self._count -= 1
@@ -218,6 +248,17 @@ class WireMessage:
         return None
 
 
+    def query_body(self) -> dict[str, Any] | None:
+        """Decode a legacy OP_QUERY's query document (the handshake drivers send first), or None."""
+        if self.op_code != OP_QUERY:
+            return None
+        name_end = self.raw.index(b"\x00", _HEADER.size + 4)
+        pos = name_end + 1 + 8  # numberToSkip, numberToReturn
+        (size,) = struct.unpack_from("<i", self.raw, pos)
+        body: dict[str, Any] = bson.decode(self.raw[pos : pos + size])
+        return body
+
+
 def encode_msg(document: Mapping[str, Any], request_id: int, response_to: int) -> bytes:
     """Frame ``document`` as an OP_MSG with a single body section and no checksum."""
     payload = struct.pack("<I", 0) + b"\x00" + bson.encode(document)
@@ -267,6 +308,9 @@ class LockProxy:
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.fsync_lock = FsyncLock()
+        self.locks_in_flight: dict[int, tuple[dict[str, Any], float]] = {}
+        """fsync lock commands still being taken, by connection: what currentOp lists for each,
+        and when it began (loop time)."""
         self._request_ids = itertools.count(1 << 24)
         self._connection_ids = itertools.count(1)
 
@@ -308,6 +352,7 @@ class LockProxy:
         connection = _ProxiedConnection(
             self, conn_id, client_reader, client_writer, upstream_reader, upstream_writer
         )
+        connection.peer = ":".join(str(part) for part in (peer or ())[:2])
         try:
             await connection.run()
         finally:
@@ -341,6 +386,10 @@ class _ProxiedConnection:
         self.pending_current_ops: set[int] = set()
         # Requests the proxy itself sent upstream, by requestID; their replies are not forwarded.
         self.probes: dict[int, asyncio.Future[WireMessage]] = {}
+        self.app_name = ""
+        """The client's appName, from its handshake (hello / isMaster)."""
+        self.peer = ""
+        """The client's address, ``host:port``."""
 
     async def run(self) -> None:
         to_upstream = asyncio.create_task(self.pump_client_to_upstream())
@@ -366,11 +415,15 @@ class _ProxiedConnection:
                 log.warning("conn %d: forwarding a compressed message uninspected", self.conn_id)
             body = message.msg_body()
             if body is None:
+                self.note_handshake(message.query_body())
                 self.upstream_writer.write(message.raw)
                 await self.upstream_writer.drain()
                 continue
             name = command_name(body)
-            if name in ("fsync", "fsyncUnlock"):
+            self.note_handshake(body)
+            if name in ("fsync", "fsyncUnlock") or (
+                name == "configureFailPoint" and body.get(name) == SLOW_FLUSH
+            ):
                 reply = await self.run_fsync_command(name, body)
                 if not message.more_to_come:
                     self.client_writer.write(
@@ -413,13 +466,28 @@ class _ProxiedConnection:
             self.client_writer.write(raw)
             await self.client_writer.drain()
 
+    def note_handshake(self, body: Mapping[str, Any] | None) -> None:
+        """Keep the appName a driver's handshake (hello / isMaster) introduces the client with."""
+        if body is None or command_name(body) not in ("hello", "isMaster", "ismaster"):
+            return
+        client = body.get("client")
+        application = client.get("application") if isinstance(client, Mapping) else None
+        if isinstance(application, Mapping) and application.get("name"):
+            self.app_name = str(application["name"])
+
     def annotate_current_op(self, message: WireMessage) -> bytes:
-        """Add mongod's ``fsyncLock`` fields to a currentOp reply while locked."""
+        """Add mongod's ``fsyncLock`` fields to a currentOp reply while locked, and an ``inprog``
+        entry for each fsync lock still being taken."""
         body = message.msg_body()
-        if not self.proxy.fsync_lock.count or body is None:
+        in_flight = list(self.proxy.locks_in_flight.values())
+        if (not self.proxy.fsync_lock.count and not in_flight) or body is None:
             return message.raw
-        body["fsyncLock"] = True
-        body["info"] = "use db.fsyncUnlock() to terminate the fsync write/snapshot lock"
+        if self.proxy.fsync_lock.count:
+            body["fsyncLock"] = True
+            body["info"] = "use db.fsyncUnlock() to terminate the fsync write/snapshot lock"
+        now = asyncio.get_running_loop().time()
+        body["inprog"] = [*(body.get("inprog") or []),
+                          *({**op, "secs_running": int(now - began)} for op, began in in_flight)]
         return encode_msg(body, message.request_id, message.response_to)
 
     async def client_is_authorized(self) -> bool:
@@ -455,6 +523,8 @@ class _ProxiedConnection:
                 "codeName": "Unauthorized",
             }
         lock = self.proxy.fsync_lock
+        if name == "configureFailPoint":
+            return self.configure_slow_flush(body)
         if name == "fsyncUnlock":
             count = await lock.unlock()
             if count is None:
@@ -473,7 +543,15 @@ class _ProxiedConnection:
             return {"info": "fsyncUnlock completed", "lockCount": bson.Int64(count), "ok": 1.0}
         if not body.get("lock"):
             return {"numFiles": 1, "ok": 1.0}
-        count = await lock.lock()
+        op = {"opid": self.proxy.next_request_id(), "active": True, "op": "command",
+              "ns": "admin.$cmd", "command": {"fsync": 1, "lock": True, "$db": "admin"},
+              "appName": self.app_name, "client": self.peer, "connectionId": self.conn_id,
+              "desc": f"conn{self.conn_id}", "msg": "fsyncLock: flushing before the lock"}
+        self.proxy.locks_in_flight[self.conn_id] = (op, asyncio.get_running_loop().time())
+        try:
+            count = await lock.lock()
+        finally:
+            self.proxy.locks_in_flight.pop(self.conn_id, None)
         log.info(
             "conn %d: fsync lock taken, lockCount=%d; writes are held (stand-in for mongod's "
             "fsync lock in front of FerretDB)",
@@ -486,6 +564,32 @@ class _ProxiedConnection:
             "seeAlso": _MONGOD_FSYNC_URL,
             "ok": 1.0,
         }
+
+
+    def configure_slow_flush(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The stand-in's own fail point (mongod's configureFailPoint shape; mongod has no such
+        point): ``{configureFailPoint: "slowFsyncLockFlush", mode: "alwaysOn" | "off" |
+        {times: n}, data: {seconds: s}}`` makes fsync locks flush for s seconds before the lock
+        is taken and the count rises."""
+        lock = self.proxy.fsync_lock
+        mode = body.get("mode")
+        data = body.get("data")
+        seconds = data.get("seconds") if isinstance(data, Mapping) else None
+        if mode != "off" and not (isinstance(seconds, int | float) and seconds >= 0):
+            return {"ok": 0.0, "errmsg": "data.seconds must be a number >= 0", "code": 2,
+                    "codeName": "BadValue"}
+        if mode == "off":
+            lock.flush_delays.clear()
+            lock.flush_delay_always = 0.0
+        elif mode == "alwaysOn":
+            lock.flush_delay_always = float(seconds or 0)
+        elif isinstance(mode, Mapping) and isinstance(mode.get("times"), int):
+            lock.flush_delays[:] = [float(seconds or 0)] * int(mode["times"])
+        else:
+            return {"ok": 0.0, "errmsg": "mode must be alwaysOn, off or {times: n}", "code": 2,
+                    "codeName": "BadValue"}
+        log.info("conn %d: fail point %s set to %r (%ss)", self.conn_id, SLOW_FLUSH, mode, seconds)
+        return {"count": 0, "ok": 1.0}
 
 
 def _host_port(value: str) -> tuple[str, int]:

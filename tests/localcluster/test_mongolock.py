@@ -193,3 +193,53 @@ async def test_lock_waits_for_writes_already_running() -> None:
     assert await lock.unlock() == 0
     await entering
     assert await lock.unlock() is None
+
+
+def fsync_ops(reader: pymongo.MongoClient[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fsync locks currentOp lists as still being taken."""
+    return [op for op in reader.admin.command("currentOp").get("inprog", [])
+            if op.get("command", {}).get("fsync")]
+
+
+def test_a_slow_flush_lock_lands_after_its_client_gave_up(
+    mongo: MongoStandIn, executor: concurrent.futures.ThreadPoolExecutor
+) -> None:
+    """mongod's behaviour the operator's undo must cope with: the lock call times out on the
+    client, the server goes on flushing, and the lock lands later and stays."""
+    reader, writer = mongo.client(), mongo.client()
+    reply = reader.admin.command({"configureFailPoint": "slowFsyncLockFlush",
+                                  "mode": {"times": 1}, "data": {"seconds": 3}})
+    assert reply["ok"] == 1
+    impatient = pymongo.MongoClient(mongo.uri, serverSelectionTimeoutMS=10_000, socketTimeoutMS=500,
+                                    appname="snapgroup:uid-7")
+    with pytest.raises(pymongo.errors.NetworkTimeout):
+        impatient.admin.command("fsync", lock=True)
+    impatient.close()
+
+    # Still flushing: listed as in progress under the client's appName, the server already
+    # reports locked (as mongod does), and writes are held.
+    (op,) = fsync_ops(reader)
+    assert op["appName"] == "snapgroup:uid-7" and op["command"]["lock"] is True
+    assert reader.admin.command("currentOp").get("fsyncLock") is True
+    pending = executor.submit(writer.bleater.events.insert_one, {"writer": "during the flush"})
+    wait_until(lambda: held_writes(mongo, "insert") > 0, "the insert to be held by the flush")
+
+    # The lock is taken with nobody waiting for it, and stays until someone unlocks it.
+    wait_until(lambda: fsync_ops(reader) == [], "the flush to end", timeout=15)
+    assert reader.admin.command("currentOp").get("fsyncLock") is True
+    assert not pending.done(), "a write passed the lock"
+    assert reader.admin.command("fsyncUnlock")["lockCount"] == 0
+    pending.result(timeout=30)
+
+    # {times: 1}: the next lock is instant again.
+    assert reader.admin.command("fsync", lock=True)["lockCount"] == 1
+    assert reader.admin.command("fsyncUnlock")["lockCount"] == 0
+
+
+def test_the_slow_flush_fail_point_refuses_bad_values(mongo: MongoStandIn) -> None:
+    client = mongo.client()
+    for body in ({"mode": "alwaysOn", "data": {"seconds": -1}},
+                 {"mode": "sometimes", "data": {"seconds": 1}}):
+        with pytest.raises(pymongo.errors.OperationFailure, match=r"must be"):
+            client.admin.command({"configureFailPoint": "slowFsyncLockFlush", **body})
+    assert client.admin.command({"configureFailPoint": "slowFsyncLockFlush", "mode": "off"})["ok"] == 1

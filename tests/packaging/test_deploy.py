@@ -213,9 +213,15 @@ def test_namespaced_operator_watches_exactly_the_namespaces_it_has_roles_in(
 @pytest.mark.parametrize("directory", [INSTALL, NAMESPACED], ids=["cluster-wide", "namespaced"])
 def test_leader_election_may_take_and_renew_only_the_leader_lease(directory: Path) -> None:
     docs = render(directory)
-    (role,) = [r for r in granted_to_operator(docs, "RoleBinding")
-               if r["metadata"]["namespace"] == OPERATOR_NAMESPACE]
-    assert role["rules"] == LEADER_ELECTION_RULES
+    roles = {r["metadata"]["name"]: r for r in granted_to_operator(docs, "RoleBinding")
+             if r["metadata"]["namespace"] == OPERATOR_NAMESPACE}
+    assert set(roles) == {"snapgroup-leader-election", "snapgroup-server-leases"}
+    assert roles["snapgroup-leader-election"]["rules"] == LEADER_ELECTION_RULES
+    # The database servers' exclusion Leases (hashed names) are in the operator's namespace:
+    # Leases only, nothing else there.
+    assert roles["snapgroup-server-leases"]["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]}]
     args = parser().parse_args(operator_container(docs)["args"])
     assert args.leader_elect and args.leader_election_id == LEADER_LEASE
     # In a pod, the Lease is in the pod's namespace: the one the Role is in.

@@ -138,7 +138,10 @@ class World:
         """Open MongoDB clients, by number: the process that opened each."""
         self.s3_sessions: dict[int, int] = {}
         self.snapshots: dict[str, Snapshot] = {}
-        self.leases: dict[str, Lease] = {}
+        self.secrets: dict[tuple[str, str], dict[str, str]] = {}
+        """Secrets of a namespace that differ from SECRETS (which every namespace sees)."""
+        self.leases: dict[tuple[str, str], Lease] = {}
+        """By (namespace, name)."""
         self.groups: dict[str, Group] = {}
         self.removed: dict[str, Group] = {}
         """Groups whose object is gone, as they were last stored."""
@@ -252,6 +255,8 @@ class WorldCluster:
         return []
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        if (namespace, name) in self.w.secrets:
+            return dict(self.w.secrets[namespace, name])
         return dict(SECRETS[name]) if name in SECRETS else None
 
     async def get_snapshot_class(self, name: str | None) -> SnapshotClassInfo | None:
@@ -375,24 +380,24 @@ class WorldCluster:
     async def acquire_lease(self, namespace: str, name: str, holder: str, seconds: int,
                             labels: Mapping[str, str] | None = None) -> str | None:
         loop = asyncio.get_running_loop()
-        lease = self.w.leases.get(name)
+        lease = self.w.leases.get((namespace, name))
         if lease is not None and not same_group(lease.holder, holder):
             expired = lease.expires < loop.time()
             if not expired or lease.record is not None:
                 return lease.holder
         record = lease.record if lease is not None else None
-        self.w.leases[name] = Lease(holder, loop.time() + seconds, record)
+        self.w.leases[namespace, name] = Lease(holder, loop.time() + seconds, record)
         return None
 
     async def release_lease(self, namespace: str, name: str, holder: str) -> None:
-        lease = self.w.leases.get(name)
+        lease = self.w.leases.get((namespace, name))
         if lease is not None and same_group(lease.holder, holder) and lease.record is None:
-            del self.w.leases[name]
+            del self.w.leases[namespace, name]
             await self.w.touch()
 
     async def set_lease_record(self, namespace: str, name: str, holder: str,
                                record: Mapping[str, Any] | None) -> None:
-        lease = self.w.leases.get(name)
+        lease = self.w.leases.get((namespace, name))
         if lease is None or not same_group(lease.holder, holder):
             if record is None:
                 return
@@ -400,8 +405,8 @@ class WorldCluster:
         lease.record = None if record is None else copy.deepcopy(dict(record))
 
     async def list_lease_records(self) -> list[LeaseRecord]:
-        return [LeaseRecord(NS, name, lease.holder, lease.record)
-                for name, lease in self.w.leases.items() if lease.record is not None]
+        return [LeaseRecord(namespace, name, lease.holder, lease.record)
+                for (namespace, name), lease in self.w.leases.items() if lease.record is not None]
 
     async def wait_lease_change(self, namespace: str, name: str, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -509,6 +514,10 @@ class WorldMongo:
         self._alive()
         return self.w.mongo_locks > 0
 
+    async def lock_in_flight(self, app_name: str) -> bool:
+        self._alive()
+        return False  # a lock call lands at once or never here
+
     async def clock_sample(self) -> ClockSample:
         self._alive()
         return clock_sample()
@@ -551,7 +560,7 @@ class WorldConnectors:
         self.w.pg_sessions.append(session)
         return self.process.wrap(WorldPostgres(self.w, session), "pg")
 
-    async def mongo(self, secret: Mapping[str, str], timeout: float) -> Any:
+    async def mongo(self, secret: Mapping[str, str], timeout: float, app_name: str = "snapgroup") -> Any:
         number = self.w.number()
         self.w.mongo_sessions[number] = self.process.number
         return self.process.wrap(WorldMongo(self.w, number), "mongo")

@@ -59,6 +59,9 @@ from unit.fakeworld import (
     snapshots_of,
 )
 
+OPERATOR_NAMESPACE = "snapgroup-system"
+"""Where the servers' exclusion Leases are, as in deploy/."""
+
 UID = "uid-1"
 REF = GroupRef(NS, "nightly", UID, 1)
 BUDGET = 0.2
@@ -103,7 +106,8 @@ class Scenario:
         process = Process(self.world, len(self.processes) + 1, injector)
         self.processes.append(process)
         self.runner = GroupRunner(process.cluster, process.connectors, ready_timeout=2.0,
-                                  retry_delay=0, operator_id=f"operator-{process.number}")
+                                  retry_delay=0, operator_id=f"operator-{process.number}",
+                                  server_lease_namespace=OPERATOR_NAMESPACE)
         return self.runner
 
     @property

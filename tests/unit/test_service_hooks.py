@@ -30,7 +30,7 @@ from snapgroup.api.snapshotgroup import ServiceTarget
 from snapgroup.hooks import mongodb as mongodb_hook
 from snapgroup.hooks.mongodb import MAX_UNLOCKS
 from snapgroup.hooks.registry import HookContext, ServiceHook, lookup
-from snapgroup.hooks.services import ServiceHookType, address_of, pointed_at
+from snapgroup.hooks.services import ServiceHookType, address_of, pointed_at, server_identity
 from snapgroup.ports import BackupEnd, BackupWal, ClockSample, NewestObject, PlanError, StepError
 
 NS = "bleater"
@@ -160,6 +160,20 @@ class FakeMongoServer:
         self.unlock_calls = 0
         self.stuck = False
         """When True, fsyncUnlock never lowers the count (someone keeps re-locking)."""
+        self.flushing: dict[str, int] = {}
+        """Lock calls still flushing, by client appName: each lands (the count rises) after
+        that many more looks at the server."""
+        self.names: list[str] = []
+        """The appName of every client opened."""
+
+    def look(self) -> None:
+        """Time passes on the server: flushes progress, and a finished one's lock lands."""
+        for name, left in list(self.flushing.items()):
+            if left <= 1:
+                del self.flushing[name]
+                self.lock_count += 1
+            else:
+                self.flushing[name] = left - 1
 
 
 class FakeMongoSession(FakeClock):
@@ -175,7 +189,12 @@ class FakeMongoSession(FakeClock):
         return self.server.lock_count
 
     async def is_locked(self) -> bool:
+        self.server.look()
         return self.server.lock_count > 0
+
+    async def lock_in_flight(self, app_name: str) -> bool:
+        self.server.look()
+        return app_name in self.server.flushing
 
     async def fsync_unlock(self) -> int:
         self.server.unlock_calls += 1
@@ -230,8 +249,10 @@ class FakeConnectors:
         self.postgres_session.names.append(application_name)
         return self.postgres_session
 
-    async def mongo(self, secret: Mapping[str, str], timeout: float) -> FakeMongoSession:
+    async def mongo(self, secret: Mapping[str, str], timeout: float,
+                    app_name: str = "snapgroup") -> FakeMongoSession:
         self._connect(secret)
+        self.mongo_server.names.append(app_name)
         session = FakeMongoSession(self.mongo_server)
         self.mongo_sessions.append(session)
         return session
@@ -520,6 +541,51 @@ async def test_mongo_recover_without_a_count_unlocks_only_a_lock_that_landed(
     assert ("no lock landed" in message) == (not locked)
 
 
+async def test_a_lock_still_flushing_is_waited_for_and_unlocked_when_it_lands(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock call timed out on the client; the server goes on flushing (currentOp lists the
+    group's call) past the late-lock looks, and the lock lands later: the undo waits for it."""
+    monkeypatch.setattr(mongodb_hook, "LATE_LOCK_SETTLE", 0.001)
+    connectors = FakeConnectors()
+    cluster = with_secret("mongodb")
+    hook = await plan_one("mongodb", cluster, connectors)
+    assert connectors.mongo_server.names == ["snapgroup:uid-1"], "clients named after the group"
+    flushing_looks = mongodb_hook.LATE_LOCK_CHECKS * 3
+    connectors.mongo_server.flushing = {"snapgroup:uid-1": flushing_looks}
+
+    message = await hook.undo(hook.intent())
+
+    assert connectors.mongo_server.lock_count == 0 and connectors.mongo_server.unlock_calls == 1
+    assert "its lock landed" in message
+
+
+async def test_a_lock_flushing_past_the_wait_fails_the_undo_for_a_retry(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mongodb_hook, "LATE_LOCK_SETTLE", 0.001)
+    monkeypatch.setattr(mongodb_hook, "LOCK_IN_FLIGHT_WAIT", 0.01)
+    connectors = FakeConnectors()
+    cluster = with_secret("mongodb")
+    hook = await plan_one("mongodb", cluster, connectors)
+    connectors.mongo_server.flushing = {"snapgroup:uid-1": 10**9}
+    with pytest.raises(StepError) as caught:
+        await hook.undo(hook.intent())
+    assert caught.value.reason == "LockInFlight"
+    assert "still running on the server" in caught.value.message
+    assert connectors.mongo_server.unlock_calls == 0
+
+
+async def test_another_clients_lock_in_flight_is_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mongodb_hook, "LATE_LOCK_SETTLE", 0.001)
+    connectors = FakeConnectors()
+    cluster = with_secret("mongodb")
+    hook = await plan_one("mongodb", cluster, connectors)
+    connectors.mongo_server.flushing = {"snapgroup:uid-2": 10**9}
+    message = await hook.undo(hook.intent())
+    assert "no lock landed" in message and connectors.mongo_server.unlock_calls == 0
+
+
 async def test_mongo_recover_leaves_a_lock_it_cannot_tell_is_ours() -> None:
     connectors = FakeConnectors()
     connectors.mongo_server.lock_count = 1  # locked by someone before the group
@@ -676,6 +742,48 @@ def test_a_secrets_address_is_pointed_elsewhere_keeping_credentials_and_options(
 ])
 def test_the_address_a_secret_names(secret: dict[str, str], expected: tuple[str, int | None]) -> None:
     assert address_of(secret) == expected
+
+
+@pytest.mark.parametrize("secret", [
+    {"host": "mongodb"},
+    {"host": "mongodb", "port": "27017"},
+    {"host": "MongoDB.bleater"},
+    {"uri": "mongodb://u:p@mongodb.bleater.svc/?authSource=admin"},
+    {"uri": "mongodb://mongodb.bleater.svc.cluster.local.:27017/"},
+])
+def test_every_spelling_of_one_cluster_service_is_one_server(secret: dict[str, str]) -> None:
+    """From namespace bleater, or from another one naming bleater's Service in full."""
+    namespace = "bleater" if "bleater" not in str(secret).lower() else "elsewhere"
+    assert server_identity(secret, namespace, 27017) == "mongodb.bleater.svc:27017"
+
+
+@pytest.mark.parametrize(("secret", "expected"), [
+    ({"host": "mongodb"}, "mongodb.other.svc:27017"),  # a Service of the same name elsewhere
+    ({"host": "mongodb", "port": "27018"}, "mongodb.bleater.svc:27018"),
+    ({"host": "10.96.0.12"}, "10.96.0.12:27017"),
+    ({"uri": "mongodb://db.example.com:27017/"}, "db.example.com:27017"),
+    ({"uri": "postgresql://u@[fd00::1]/db"}, "[fd00::1]:27017"),
+    ({"uri": "mongodb://b.bleater.svc:1,a.bleater.svc:1/"}, "a.bleater.svc:1,b.bleater.svc:1"),
+])
+def test_different_servers_stay_apart(secret: dict[str, str], expected: str) -> None:
+    namespace = "other" if secret == {"host": "mongodb"} else "bleater"
+    assert server_identity(secret, namespace, 27017) == expected
+
+
+def test_a_port_is_only_defaulted_where_the_type_has_one() -> None:
+    assert server_identity({"endpoint": "http://minio:9000"}, "bleater", None) == "minio.bleater.svc:9000"
+    assert server_identity({"endpoint": "https://minio"}, "bleater", None) == "minio.bleater.svc"
+
+
+async def test_the_servers_exclusion_key_is_its_identity() -> None:
+    cluster = FakeCluster({(NS, "mongodb-credentials"): {"host": "mongodb"}})
+    target = ServiceTarget.model_validate({
+        "name": "db", "type": "mongodb", "pvcs": ["mongo-data"],
+        "connection": {"secretRef": {"name": "mongodb-credentials"}}})
+    hook_type = lookup("mongodb")
+    assert hook_type is not None
+    (hook,) = await hook_type.plan(context(cluster, FakeConnectors()), target, PATH)
+    assert hook.targets() == [f"server:mongodb/mongodb.{NS}.svc:27017"]
 
 
 async def test_the_newest_record_of_a_copy_is_read_at_the_relocated_address_with_the_readers_secret() -> None:

@@ -74,6 +74,9 @@ class Session(FakeClock):
     async def is_locked(self) -> bool:
         return False
 
+    async def lock_in_flight(self, app_name: str) -> bool:
+        return False
+
     async def check_bucket(self, bucket: str) -> bool:
         return True
 
@@ -94,7 +97,7 @@ class Connectors:
     async def postgres(self, secret: Mapping[str, str], timeout: float, name: str = "") -> Session:
         return self.servers.at("postgres", secret)
 
-    async def mongo(self, secret: Mapping[str, str], timeout: float) -> Session:
+    async def mongo(self, secret: Mapping[str, str], timeout: float, app_name: str = "snapgroup") -> Session:
         return self.servers.at("mongodb", secret)
 
     async def object_store(self, secret: Mapping[str, str], timeout: float) -> Session:

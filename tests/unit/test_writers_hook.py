@@ -168,7 +168,7 @@ class NoConnectors:
     async def postgres(self, secret: Mapping[str, str], timeout: float) -> Any:
         raise AssertionError("no database session expected")
 
-    async def mongo(self, secret: Mapping[str, str], timeout: float) -> Any:
+    async def mongo(self, secret: Mapping[str, str], timeout: float, app_name: str = "snapgroup") -> Any:
         raise AssertionError("no database session expected")
 
     async def object_store(self, secret: Mapping[str, str], timeout: float) -> Any:

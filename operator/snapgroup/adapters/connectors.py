@@ -19,9 +19,11 @@ class DatabaseConnectors:
         """Connect to PostgreSQL: one session, to be held through the freeze window."""
         return await PostgresConnection.open(secret, timeout, application_name)
 
-    async def mongo(self, secret: Mapping[str, str], timeout: float) -> MongoSession:
-        """Create a MongoDB client; it connects on first use."""
-        return await MongoConnection.open(secret, timeout)
+    async def mongo(
+        self, secret: Mapping[str, str], timeout: float, app_name: str = "snapgroup"
+    ) -> MongoSession:
+        """Create a MongoDB client named app_name; it connects on first use."""
+        return await MongoConnection.open(secret, timeout, app_name)
 
     async def object_store(self, secret: Mapping[str, str], timeout: float) -> ObjectStoreSession:
         """Create an S3 / MinIO client; it connects on first use."""

@@ -128,9 +128,12 @@ class KubeCluster:
         max_concurrent_watches: int = MAX_CONCURRENT_WATCHES,
         outage_tolerance: float = OUTAGE_TOLERANCE,
         namespaces: Collection[str] = (),
+        lease_namespace: str | None = None,
     ) -> None:
         self.namespaces = tuple(namespaces)
         """The namespaces the operator watches; empty means all (cluster-wide permissions)."""
+        self.lease_namespace = lease_namespace
+        """The operator's namespace, where database servers' exclusion Leases are (None: none)."""
         self.api_client = api_client
         """The client every request goes through (other adapters share its pools)."""
         self._core = client.CoreV1Api(api_client)
@@ -696,11 +699,12 @@ class KubeCluster:
             raise StepError("LeaseContended", f"{action}: the Lease changed meanwhile")
 
     async def list_lease_records(self) -> list[LeaseRecord]:
-        """Every Lease with a quiesce record, in the watched namespaces."""
+        """Every Lease with a quiesce record, in the watched namespaces and the operator's."""
         selector = f"{QUIESCE_LABEL}=held"
         if self.namespaces:
+            spaces = dict.fromkeys([*self.namespaces, *filter(None, [self.lease_namespace])])
             items = [
-                item for ns in self.namespaces
+                item for ns in spaces
                 for item in _items(await self._call(
                     "list", f"list Leases in {ns} with quiesce records",
                     self._coordination.list_namespaced_lease, ns, label_selector=selector))

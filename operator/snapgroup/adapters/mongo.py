@@ -89,8 +89,11 @@ class MongoConnection:
         return f"<MongoConnection {self._address.describe()}>"
 
     @classmethod
-    async def open(cls, secret: Mapping[str, str], timeout: float) -> MongoConnection:
-        """Create the client; it connects on first use, so `ping` is the reachability test."""
+    async def open(
+        cls, secret: Mapping[str, str], timeout: float, app_name: str = "snapgroup"
+    ) -> MongoConnection:
+        """Create the client, introducing itself as app_name; it connects on first use, so
+        `ping` is the reachability test."""
         address = MongoAddress.from_secret(secret)
         millis = max(1, int(timeout * 1000))
         try:
@@ -101,7 +104,7 @@ class MongoConnection:
                 connectTimeoutMS=millis,
                 socketTimeoutMS=millis,
                 tz_aware=True,
-                appname="snapgroup",
+                appname=app_name,
                 **address.options,
             )
         except (ConfigurationError, ValueError, TypeError) as exc:
@@ -138,6 +141,19 @@ class MongoConnection:
             "reading the fsync lock state", lambda: self._client.admin.command({"currentOp": 1})
         )
         return bool(reply.get("fsyncLock"))
+
+    async def lock_in_flight(self, app_name: str) -> bool:
+        """True while currentOp lists an fsync lock command of a client named app_name."""
+        reply = await self._call(
+            "reading the operations in progress",
+            lambda: self._client.admin.command({"currentOp": 1}),
+        )
+        for op in reply.get("inprog") or []:
+            command = op.get("command") if isinstance(op, Mapping) else None
+            if (isinstance(command, Mapping) and command.get("fsync") and command.get("lock")
+                    and op.get("appName") == app_name):
+                return True
+        return False
 
     async def newest_record(self, database: str, collection: str, field: str) -> datetime | None:
         """The greatest date in field, or None when no document has one."""

@@ -9,6 +9,7 @@ leaves a lock someone else held before the group alone.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -47,26 +48,35 @@ LATE_LOCK_CHECKS = 5
 """How often an undo looks for a lock whose call ended without an answer (it may still land)."""
 LATE_LOCK_SETTLE = 1.0
 """Seconds between those looks."""
+LOCK_IN_FLIGHT_WAIT = 20.0
+"""Longest an undo waits for the group's lock call still running on the server (a slow flush);
+the undo is then retried, and the safety net goes on where the retries end."""
 
 
-async def release_lock(session: MongoSession, record: UndoRecord) -> tuple[int | None, str]:
+async def release_lock(
+    session: MongoSession, record: UndoRecord, app_name: str
+) -> tuple[int | None, str]:
     """Undo our fsync lock as the record describes; returns (lock count now, what was done).
 
     Without a recorded count the lock call ended without an answer (a timeout, a cancellation,
-    a crash): the server may have taken the lock, even after the call ended. The server is then
-    watched for a while (LATE_LOCK_SETTLE seconds between looks); a lock that shows up is lowered only if
-    the server held none before the group (lockedBefore), since only then is it ours.
+    a crash): the server may have taken the lock, even after the call ended, and takes it late
+    when its flush is slow. While currentOp shows the call (the group's clients are named
+    app_name) the undo waits for it; then the server is watched for a while (LATE_LOCK_SETTLE
+    seconds between looks). A lock that shows up is lowered only if the server held none before
+    the group (lockedBefore), since only then is it ours.
     """
     before = journal_int(record, "lockCountBefore")
     if before is None:
-        return await _release_unknown(session, record)
+        return await _release_unknown(session, record, app_name)
     count, unlocks = await unlock_down_to(session, before)
     if unlocks == 0:
         return count, "the server held no fsync lock any more; nothing to unlock"
     return count, f"unlocked {unlocks}x, lock count back to {count} (was {before} before the group)"
 
 
-async def _release_unknown(session: MongoSession, record: UndoRecord) -> tuple[int | None, str]:
+async def _release_unknown(
+    session: MongoSession, record: UndoRecord, app_name: str
+) -> tuple[int | None, str]:
     if record.get("lockedBefore") is not False:
         if await session.is_locked():
             raise StepError(
@@ -75,15 +85,31 @@ async def _release_unknown(session: MongoSession, record: UndoRecord) -> tuple[i
                 "call ended without an answer: whether one of the locks is ours is unknown; "
                 "unlock by hand (db.fsyncUnlock()) once the other holder is done")
         return 0, "the server holds no fsync lock"
-    for look in range(LATE_LOCK_CHECKS):
-        if await session.is_locked():
+    started = time.monotonic()
+    looks = 0
+    while True:
+        # While the group's call still runs, nothing is unlocked: a lock seen now may be
+        # another client's, and ours would land after. A call not in flight now and no lock
+        # after it means none will land.
+        if await session.lock_in_flight(app_name):
+            waited = time.monotonic() - started
+            if waited > LOCK_IN_FLIGHT_WAIT:
+                raise StepError(
+                    "LockInFlight",
+                    f"the group's fsync lock call is still running on the server after "
+                    f"{waited:.0f}s (its flush has not ended); it locks the server when it ends, "
+                    "and is unlocked then")
+        elif await session.is_locked():
             count, unlocks = await unlock_down_to(session, 0)
             return count, (f"the lock call had ended without an answer and its lock landed; "
                            f"unlocked {unlocks}x, lock count back to {count}")
-        if look + 1 < LATE_LOCK_CHECKS:
-            await asyncio.sleep(LATE_LOCK_SETTLE)  # a lock still on its way may land meanwhile
-    return 0, (f"the lock call ended without an answer and no lock landed "
-               f"(checked {LATE_LOCK_CHECKS} times over {LATE_LOCK_SETTLE * (LATE_LOCK_CHECKS - 1):g}s)")
+        else:
+            looks += 1
+            if looks >= LATE_LOCK_CHECKS:
+                return 0, (f"the lock call ended without an answer and no lock landed "
+                           f"(checked {LATE_LOCK_CHECKS} times over "
+                           f"{LATE_LOCK_SETTLE * (LATE_LOCK_CHECKS - 1):g}s)")
+        await asyncio.sleep(LATE_LOCK_SETTLE)  # a lock still on its way may land meanwhile
 
 
 class MongoLock(BoundService[MongoSession]):
@@ -113,7 +139,7 @@ class MongoLock(BoundService[MongoSession]):
 
     async def undo(self, record: UndoRecord) -> str:
         """Unlock until the count is back to lockCountBefore."""
-        count, message = await release_lock(self.session, record)
+        count, message = await release_lock(self.session, record, self.ctx.session_name)
         if count is not None:
             self._evidence["lockCountAfterUnlock"] = str(count)
         return message
@@ -132,12 +158,13 @@ class MongodbHookType(ServiceHookType[MongoSession]):
 
     name = "mongodb"
     secret_layouts = (("uri",), ("host",))
+    default_port = 27017
 
     async def connect(
         self, connectors: Connectors, secret: Mapping[str, str], timeout: float, session_name: str
     ) -> MongoSession:
-        """A client; it connects on first use."""
-        return await connectors.mongo(secret, timeout)
+        """A client named session_name (currentOp's appName); it connects on first use."""
+        return await connectors.mongo(secret, timeout, session_name)
 
     async def bind(
         self, ctx: HookContext, service: ServiceTarget, session: MongoSession, path: str
@@ -152,7 +179,7 @@ class MongodbHookType(ServiceHookType[MongoSession]):
         """Reconnect with the journaled Secret and unlock down to the recorded count."""
         session = await self.reconnect(ctx, key, record)
         try:
-            _, message = await release_lock(session, record)
+            _, message = await release_lock(session, record, ctx.session_name)
         finally:
             await session.close()
         return message

@@ -142,6 +142,7 @@ class PostgresqlHookType(ServiceHookType[PostgresSession]):
 
     name = "postgresql"
     secret_layouts = (("uri",), ("host", "username|user", "password"))
+    default_port = 5432
 
     async def connect(
         self, connectors: Connectors, secret: Mapping[str, str], timeout: float, session_name: str

@@ -72,6 +72,9 @@ class HookContext:
     """Where hooks and the protocol account for time spent waiting on others."""
     operator_id: str = "snapgroup"
     """Identity of the operator process running the group (pod name), for Lease holders."""
+    server_lease_namespace: str | None = None
+    """Where database servers' exclusion Leases live: the operator's namespace, shared by the
+    groups of every namespace (None: the group's own namespace)."""
 
     @property
     def qualified(self) -> str:

@@ -122,8 +122,8 @@ class BoundService(ServiceHook, Generic[SessionT]):
         self.service = service
         self.session = session
         self.server = server
-        """Where the server is (``host:port``), read from the Secret: two groups never quiesce
-        one server at once."""
+        """Which server it is (`server_identity`), read from the Secret: two groups never
+        quiesce one server at once."""
         self.reader: SessionT = session
         """The session that reads the newest record: the quiesce session, or one of its own
         (lastRecord.secretRef)."""
@@ -187,6 +187,8 @@ class ServiceHookType(HookType[ServiceTarget], Generic[SessionT]):
     params_model: ClassVar[type[BaseModel]] = ServiceTarget
     secret_layouts: ClassVar[SecretKeys]
     """Secret keys the type accepts, checked at plan time before connecting."""
+    default_port: ClassVar[int | None] = None
+    """The port a client uses when the Secret names none (None: it depends on the scheme)."""
 
     @abstractmethod
     async def connect(
@@ -213,7 +215,7 @@ class ServiceHookType(HookType[ServiceTarget], Generic[SessionT]):
         hook: BoundService[SessionT] | None = None
         try:
             hook = await self.bind(ctx, params, session, path)
-            hook.server = server_address(secret)
+            hook.server = server_identity(secret, ctx.namespace, self.default_port)
             if params.last_record is not None:
                 await self._attach_reader(ctx, hook, params.last_record, path)
                 await hook.check_last_record(params.last_record, path)
@@ -300,25 +302,59 @@ def server_address(secret: Mapping[str, str]) -> str:
     return f"{host}:{port}" if port else host
 
 
-def address_of(secret: Mapping[str, str]) -> tuple[str, int | None]:
-    """The first host a Secret names and its port (None when it names none)."""
+def _hosts(secret: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Every (host, port as written, "" for none) a Secret names, in its order."""
     uri = secret.get("uri") or ""
     if uri and "://" not in uri and "=" in uri:  # libpq's keyword form
         words = {k.lower(): v.strip("'") for k, v in keyword_pairs(uri)}
-        first, port = words.get("host", "").split(",")[0], words.get("port", "").split(",")[0]
-    else:
-        where = server_address(secret).split(",")[0]
-        if not where and "?" in uri:  # postgresql:///db?host=...&port=...
-            query = dict(parse_qsl(uri.partition("?")[2]))
-            where = query.get("host", "").split(",")[0] + (f":{query['port']}" if query.get("port") else "")
+        hosts, ports = words.get("host", "").split(","), words.get("port", "").split(",")
+        return [(h, ports[min(i, len(ports) - 1)]) for i, h in enumerate(hosts)]
+    spelled = server_address(secret)
+    if not spelled and "?" in uri:  # postgresql:///db?host=...&port=...
+        query = dict(parse_qsl(uri.partition("?")[2]))
+        spelled = query.get("host", "").split(",")[0] + (f":{query['port']}" if query.get("port") else "")
+    found = []
+    for where in spelled.split(","):
         if where.startswith("["):
-            first, _, rest = where[1:].partition("]")
-            port = rest.removeprefix(":")
+            host, _, rest = where[1:].partition("]")
+            found.append((host, rest.removeprefix(":")))
         elif where.count(":") == 1:
-            first, _, port = where.partition(":")
+            host, _, port = where.partition(":")
+            found.append((host, port))
         else:
-            first, port = where, ""
+            found.append((where, ""))
+    return found
+
+
+def address_of(secret: Mapping[str, str]) -> tuple[str, int | None]:
+    """The first host a Secret names and its port (None when it names none)."""
+    first, port = _hosts(secret)[0]
     return first, int(port) if port.isdigit() else None
+
+
+CLUSTER_DOMAIN = ".cluster.local"
+
+
+def server_identity(secret: Mapping[str, str], namespace: str, default_port: int | None) -> str:
+    """The server a Secret in `namespace` names, spelled one way whatever the Secret's spelling:
+    each host as the cluster's DNS reads it from there (``pg`` and ``pg.<namespace>`` are
+    ``pg.<namespace>.svc``; ``.svc.cluster.local`` is cut to ``.svc``), the type's default port
+    where none is written, hosts sorted. Two groups over one server share one exclusion Lease."""
+    spelled = []
+    for host, port in _hosts(secret):
+        name = host.lower().rstrip(".")
+        if name.endswith(".svc" + CLUSTER_DOMAIN):
+            name = name.removesuffix(CLUSTER_DOMAIN)
+        elif name and ":" not in name and not name.replace(".", "").isdigit():
+            labels = name.split(".")
+            if len(labels) == 1:
+                name = f"{name}.{namespace}.svc"
+            elif len(labels) == 2:
+                name = f"{name}.svc"
+        written = port or (str(default_port) if default_port is not None else "")
+        bracketed = f"[{name}]" if ":" in name else name
+        spelled.append(f"{bracketed}:{written}" if written else bracketed)
+    return ",".join(sorted(spelled))
 
 
 def pointed_at(secret: Mapping[str, str], host: str, port: int | None) -> dict[str, str]:

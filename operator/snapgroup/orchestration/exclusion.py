@@ -2,7 +2,9 @@
 
 A target is what a plan resolved, not what the spec says: each workload a group would isolate
 (by name or matched by a selector), each claim it would snapshot, and each database server it
-would quiesce has a Lease of its own in the group's namespace. A group takes all of its targets'
+would quiesce has a Lease of its own: in the group's namespace, except a database server's,
+which is in the operator's namespace, so that groups of different namespaces over one server
+(however their Secrets spell its address) meet on it. A group takes all of its targets'
 Leases (in one global order, so two groups never wait on each other), renews them while it holds
 them, and gives them back after the thaw. Groups over disjoint targets never meet; a group whose
 targets are held waits, visibly, and runs after. A Lease that outlives a crashed holder expires,
@@ -36,6 +38,16 @@ RENEW_EVERY = 10.0
 """Seconds between renewals of the Leases a group holds."""
 WAIT_SLICE_SECONDS = 5.0
 """Longest single wait on a held Lease before looking again (a holder may expire silently)."""
+
+
+SERVER_TARGET = "server:"
+
+
+def lease_of(ctx: HookContext, key: str) -> tuple[str, str]:
+    """Where a target's Lease is: ``(namespace, name)``."""
+    if key.startswith(SERVER_TARGET) and ctx.server_lease_namespace:
+        return ctx.server_lease_namespace, lease_name(key)
+    return ctx.namespace, lease_name(key)
 
 
 def holder_of(ctx: HookContext) -> str:
@@ -90,7 +102,7 @@ async def exclusive_targets(
         if remaining <= 0:
             raise StepError("TargetsBusy", f"targets still held by {holder_title(busy[1])} "
                             f"after waiting {wait_timeout:.0f}s")
-        await ctx.cluster.wait_lease_change(ctx.namespace, lease_name(busy[0]),
+        await ctx.cluster.wait_lease_change(*lease_of(ctx, busy[0]),
                                             min(remaining, WAIT_SLICE_SECONDS))
     if waited:
         journal.condition("Waiting", "False", "TargetsFree", "the targets are free")
@@ -110,7 +122,7 @@ async def _take_all(ctx: HookContext, holder: str, targets: list[str]) -> tuple[
     taken: list[str] = []
     for key in targets:
         other = await ctx.cluster.acquire_lease(
-            ctx.namespace, lease_name(key), holder, LEASE_SECONDS,
+            *lease_of(ctx, key), holder, LEASE_SECONDS,
             labels={LEASE_LABEL: key.split(":", 1)[0]},
         )
         if other is not None:
@@ -127,8 +139,7 @@ async def _renew(
         await asyncio.sleep(RENEW_EVERY)  # renewal period: the Leases last LEASE_SECONDS
         for key in targets:
             try:
-                other = await ctx.cluster.acquire_lease(
-                    ctx.namespace, lease_name(key), holder, LEASE_SECONDS)
+                other = await ctx.cluster.acquire_lease(*lease_of(ctx, key), holder, LEASE_SECONDS)
             except StepError as exc:  # an API outage: try again next period
                 log.warning("%s: Lease of %s not renewed: %s", ctx.qualified, key, exc.message)
                 continue
@@ -143,7 +154,7 @@ async def release_targets(ctx: HookContext, keys: Iterable[str]) -> None:
     for key in keys:
         # An unreleased Lease expires on its own; one with a quiesce record stays for the repair.
         try:
-            await ctx.cluster.release_lease(ctx.namespace, lease_name(key), holder)
+            await ctx.cluster.release_lease(*lease_of(ctx, key), holder)
         except Exception as exc:  # never fails the run whose window is already thawed
             log.warning("%s: Lease of %s not released (%s); it expires on its own",
                         ctx.qualified, key, exc)

@@ -40,7 +40,7 @@ class GroupRunner:
     def __init__(
         self, cluster: Cluster, connectors: Connectors, ready_timeout: float = READY_TIMEOUT,
         max_windows: int = MAX_WINDOWS, retry_delay: float = RETRY_DELAY,
-        operator_id: str = "snapgroup",
+        operator_id: str = "snapgroup", server_lease_namespace: str | None = None,
     ) -> None:
         self.window_slots = asyncio.Semaphore(max_windows)
         """Freeze windows open at once, operator-wide."""
@@ -49,6 +49,7 @@ class GroupRunner:
         self.ready_timeout = ready_timeout
         self.retry_delay = retry_delay
         self.operator_id = operator_id
+        self.server_lease_namespace = server_lease_namespace
         self.runs: dict[str, GroupRun] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._busy: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -74,6 +75,7 @@ class GroupRunner:
         return HookContext(
             namespace=ref.namespace, group=ref.name, group_uid=ref.uid,
             cluster=self.cluster, connectors=self.connectors, operator_id=self.operator_id,
+            server_lease_namespace=self.server_lease_namespace,
         )
 
     def start(self, ref: GroupRef, spec: dict[str, Any], status: dict[str, Any]) -> None:

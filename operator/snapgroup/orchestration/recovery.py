@@ -57,8 +57,9 @@ async def clear_quiesce_records(ctx: HookContext, journal: Journal) -> None:
     """Remove this group's quiesce records from its servers' Leases for the hooks now undone."""
     undone = {h.name for h in journal.status.hooks if h.state == HookState.UNDONE}
     for found in await ctx.cluster.list_lease_records():
-        if (found.namespace == ctx.namespace and found.record.get("group") == ctx.qualified
-                and found.record.get("key") in undone):
+        # Wherever the Lease is (a server's is in the operator's namespace): the record names
+        # the group by namespace, name and uid.
+        if found.record.get("group") == ctx.qualified and found.record.get("key") in undone:
             await ctx.cluster.set_lease_record(found.namespace, found.name, holder_of(ctx), None)
 
 

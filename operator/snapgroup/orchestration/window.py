@@ -22,10 +22,9 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from snapgroup import failpoints, metrics
-from snapgroup.api.labels import lease_name
 from snapgroup.api.snapshotgroup import HookState
 from snapgroup.hooks.registry import BoundHook, HookContext, UndoRecord
-from snapgroup.orchestration.exclusion import holder_of
+from snapgroup.orchestration.exclusion import holder_of, lease_of
 from snapgroup.orchestration.journal import Journal, now
 from snapgroup.ports import StepError
 
@@ -219,7 +218,7 @@ class Window:
         if deadline is not None:
             body["deadline"] = deadline.isoformat()
         await self.ctx.cluster.set_lease_record(
-            self.ctx.namespace, lease_name(targets[0]), holder_of(self.ctx), body)
+            *lease_of(self.ctx, targets[0]), holder_of(self.ctx), body)
 
     async def _clear_quiesce_record(self, effect: Effect) -> None:
         targets = effect.hook.targets()
@@ -227,7 +226,7 @@ class Window:
             return
         try:
             await self.ctx.cluster.set_lease_record(
-                self.ctx.namespace, lease_name(targets[0]), holder_of(self.ctx), None)
+                *lease_of(self.ctx, targets[0]), holder_of(self.ctx), None)
         except Exception as exc:  # the safety net finds the record, sees the group done, clears it
             log.warning("%s: quiesce record of %s not cleared (%s)", self.ctx.qualified,
                         effect.hook.key, _describe_error(exc))
