@@ -74,6 +74,16 @@ class Sampler:
             self._thread.join(5)
 
 
+def remove_group(kube: Kube, name: str, timeout: float) -> None:
+    """Delete a bleater group and strip its finalizer (what a person does to an object stuck
+    deleting); return once it is gone from the API. Deleting first: kopf adds its finalizer
+    back to an object that lost it, never to one that is being deleted."""
+    kube.delete_group("bleater", name)
+    kube.custom.patch_namespaced_custom_object("snapgroup.dev", "v1alpha1", "bleater",
+                                               "snapshotgroups", name, {"metadata": {"finalizers": None}})
+    kube.wait_group_gone("bleater", name, timeout=timeout)
+
+
 def writer_annotations(kube: Kube) -> dict[str, str]:
     return dict(kube.deployment("bleater", WRITER).metadata.annotations or {})
 
@@ -295,11 +305,7 @@ def test_the_safety_net_repairs_a_window_whose_group_vanished_while_the_operator
     uid = created["metadata"]["uid"]
     wait_journal(kube, group_name, "service:minio", "Applied")
     crashing.kill()
-    kube.delete_group("bleater", group_name)
-    kube.custom.patch_namespaced_custom_object("snapgroup.dev", "v1alpha1", "bleater",
-                                               "snapshotgroups", group_name,
-                                               {"metadata": {"finalizers": None}})
-    kube.wait_group_gone("bleater", group_name, timeout=10)
+    remove_group(kube, group_name, timeout=10)
     # The fault, proven: no operator, no group, and the window's effects still in place.
     assert crashing.process is not None and crashing.process.poll() is not None
     assert kube.replicas("bleater", WRITER) == 0 and writer_annotations(kube)[ISOLATED_BY].endswith(uid)
@@ -381,13 +387,7 @@ def test_group_object_removed_mid_window(
     assert kube.replicas("bleater", WRITER) == 0 and writer_annotations(kube)[ISOLATED_BY].endswith(uid)
     assert mongo_lock_count(bleater) == 1 and group_pg_sessions(bleater, uid) >= 1
     removed_at = time.monotonic()
-    # Deleting first: kopf adds its finalizer back to an object that lost it, never to one
-    # that is being deleted.
-    kube.delete_group("bleater", group_name)
-    kube.custom.patch_namespaced_custom_object("snapgroup.dev", "v1alpha1", "bleater",
-                                               "snapshotgroups", group_name,
-                                               {"metadata": {"finalizers": None}})
-    kube.wait_group_gone("bleater", group_name, timeout=5)
+    remove_group(kube, group_name, timeout=5)
     back = wait_writer_back(kube, replicas, removed_at)
     assert_all_back(kube, bleater, replicas, uid, before)
     kube.wait_snapshots_gone("bleater", f"snapgroup.dev/group-uid={uid}")
